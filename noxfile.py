@@ -1,0 +1,108 @@
+"""Sessions for the dg workspace: per-package tests in isolated venvs, lint, typecheck, demo, bench.
+
+Each package is tested in a fresh virtual environment holding only that package, the dg siblings it
+declares (installed from this checkout) and their dependencies, so an undeclared dependency fails
+here instead of hiding in a shared environment. Torch is always the CPU build pinned in
+``constraints/cpu.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES_DIR = ROOT / "packages"
+CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+PACKAGES = sorted(path.name for path in PACKAGES_DIR.iterdir() if (path / "pyproject.toml").exists())
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+# uv does not read pip's settings: let it see the local CPU torch wheel too.
+if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+elif Path("/opt/wheels").is_dir() and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = "/opt/wheels"
+
+LINT_TOOLS = ["ruff==0.17.6"]
+TYPE_TOOLS = ["mypy==2.4.1", "pytest>=8"]
+
+
+def _requirement_name(requirement: str) -> str:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)", requirement)
+    return match.group(1).lower().replace("_", "-") if match else ""
+
+
+def sibling_closure(package: str) -> list[str]:
+    """The dg packages ``package`` depends on, directly or not (from the pyproject files), itself last."""
+    seen: list[str] = []
+
+    def visit(name: str) -> None:
+        data = tomllib.loads((PACKAGES_DIR / name / "pyproject.toml").read_text())
+        for requirement in data["project"].get("dependencies", []):
+            dependency = _requirement_name(requirement)
+            if dependency in PACKAGES and dependency not in seen:
+                visit(dependency)
+        if name not in seen:
+            seen.append(name)
+
+    visit(package)
+    return seen
+
+
+def install_packages(session: nox.Session, package: str, extra: str | None = "test") -> None:
+    closure = sibling_closure(package)
+    siblings = [str(PACKAGES_DIR / name) for name in closure[:-1]]
+    target = str(PACKAGES_DIR / package) + (f"[{extra}]" if extra else "")
+    session.install("-c", str(CONSTRAINTS), *siblings, target)
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """Install one package alone (with its declared dg siblings) and run its test suite."""
+    install_packages(session, package)
+    # pytest exits 5 when it collects nothing, which fails the session: an empty suite is an error.
+    with session.chdir(PACKAGES_DIR / package):
+        session.run("pytest", *(session.posargs or []))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole workspace."""
+    session.install(*LINT_TOOLS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) over every package's source, all packages installed together."""
+    session.install("-c", str(CONSTRAINTS), *TYPE_TOOLS, *[f"{PACKAGES_DIR / name}[test]" for name in PACKAGES])
+    session.run("mypy", *[str(PACKAGES_DIR / name / "src") for name in PACKAGES])
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job. Until the apps land (issue 10) it runs the dg-core collection demo."""
+    install_packages(session, "dg-core", extra="parquet")
+    output = session.posargs[0] if session.posargs else str(ROOT / "runs" / "demo")
+    session.run("python", str(ROOT / "apps" / "core_demo.py"), "--output", output)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measured comparisons under benchmarks/; pass a suite name to run one (``nox -s bench -- core``)."""
+    suites = session.posargs or ["core"]
+    for suite in suites:
+        if suite == "core":
+            install_packages(session, "dg-core", extra="parquet")
+            session.run("python", str(ROOT / "benchmarks" / "core" / "trajectory_io.py"))
+        else:
+            session.error(f"unknown benchmark suite {suite!r}; available: core")

@@ -1,0 +1,9 @@
+"""dg-envs: real environments behind the dg Env contract: TextWorld (embedded default), ALFWorld,
+WebShop, WebArena via BrowserGym, MiniWoB++; experts and offline collection.
+
+This distribution is installable now and is filled in by issues 3 (text environments) and 4 (web environments).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
