@@ -96,13 +96,19 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "apps" / "core_demo.py"), "--output", output)
 
 
+# Benchmark suites: name -> (what to install, relative to the repository root; script to run).
+# Each script prints a table and writes JSON under benchmarks/results/.
+BENCH_SUITES: dict[str, tuple[list[str], str]] = {
+    "core": (["packages/dg-core[parquet]"], "benchmarks/core/trajectory_io.py"),
+}
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measured comparisons under benchmarks/; pass a suite name to run one (``nox -s bench -- core``)."""
-    suites = session.posargs or ["core"]
-    for suite in suites:
-        if suite == "core":
-            install_packages(session, "dg-core", extra="parquet")
-            session.run("python", str(ROOT / "benchmarks" / "core" / "trajectory_io.py"))
-        else:
-            session.error(f"unknown benchmark suite {suite!r}; available: core")
+    """Measured comparisons under benchmarks/: ``nox -s bench -- SUITE [script args]`` (default: core)."""
+    suite, *script_args = session.posargs or ["core"]
+    if suite not in BENCH_SUITES:
+        session.error(f"unknown benchmark suite {suite!r}; available: {', '.join(sorted(BENCH_SUITES))}")
+    targets, script = BENCH_SUITES[suite]
+    session.install("-c", str(CONSTRAINTS), *[str(ROOT / target) for target in targets])
+    session.run("python", str(ROOT / script), *script_args)
