@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dg_core import Action, ExperiencePrediction, ExperienceQuery, RandomPolicy, State, play_episode
+from dg_core.testing import ScriptedEnv, ScriptedPolicy, scripted_task
+from dg_expmodel import (
+    FORMAT_VERSION,
+    FREE_TEXT,
+    PARSE_ERRORS,
+    PromptOptions,
+    RuleBasedAnnotator,
+    build_messages,
+    failure_prediction,
+    parse_response,
+    render_prompt,
+    render_response,
+    target_of,
+)
+
+VALID = (
+    "<reasoning>The door is open.</reasoning>\n<next_state>You are in the hall.</next_state>\n"
+    "<available_actions>\ngo north\nlook\n</available_actions>\n<reward>0</reward>\n<done>false</done>"
+)
+
+
+def real_steps() -> list:  # type: ignore[type-arg]
+    env = ScriptedEnv(max_steps=12)
+    steps = []
+    for seed in range(6):
+        task = scripted_task(f"t{seed}", rooms=3 + seed % 3, seed=seed)
+        steps += play_episode(env, ScriptedPolicy(lambda _r: env.expert_action()), task).steps
+        steps += play_episode(env, RandomPolicy(seed=seed), task).steps
+    return steps
+
+
+def test_targets_of_real_transitions_round_trip() -> None:
+    annotator = RuleBasedAnnotator()
+    steps = real_steps()
+    assert len(steps) > 30
+    for step, reasoning in zip(steps, annotator.annotate(steps), strict=True):
+        target = target_of(step, reasoning)
+        parsed = parse_response(render_response(target))
+        assert parsed.ok, parsed.detail
+        assert parsed.prediction is not None
+        assert parsed.prediction.next_state == target.next_state
+        assert parsed.prediction.reward == step.reward and parsed.prediction.done == step.done
+        assert parsed.prediction.reasoning == reasoning
+
+
+def test_valid_text_parses_exactly() -> None:
+    result = parse_response(VALID + "\nand then the model kept talking")
+    assert result.ok and result.error is None
+    prediction = result.prediction
+    assert prediction is not None
+    assert prediction.next_state == State(text="You are in the hall.", available_actions=("go north", "look"))
+    assert (prediction.reward, prediction.done, prediction.reasoning) == (0.0, False, "The door is open.")
+    assert prediction.parse_ok and prediction.raw is not None
+
+
+def test_free_text_and_empty_action_sets() -> None:
+    free = parse_response(VALID.replace("go north\nlook", FREE_TEXT))
+    assert free.prediction is not None and free.prediction.next_state.available_actions is None
+    empty = parse_response(VALID.replace("\ngo north\nlook\n", "\n"))
+    assert empty.prediction is not None and empty.prediction.next_state.available_actions == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (VALID.replace("<reward>0</reward>", ""), "missing_tag"),
+        (VALID.replace("</done>", ""), "missing_tag"),
+        (VALID + "<done>true</done>", "duplicate_tag"),
+        ("Sure! " + VALID, "stray_text"),
+        (
+            VALID.replace("<next_state>You are in the hall.</next_state>", "<next_state>  </next_state>"),
+            "empty_next_state",
+        ),
+        (VALID.replace("go north\nlook", "look\nlook"), "duplicate_action"),
+        (VALID.replace("<reward>0<", "<reward>one<"), "bad_reward"),
+        (VALID.replace("<reward>0<", "<reward>nan<"), "bad_reward"),
+        (VALID.replace("<reward>0<", "<reward>1e999<"), "bad_reward"),
+        (VALID.replace("<done>false<", "<done>maybe<"), "bad_done"),
+        (
+            VALID.replace("<reward>0</reward>\n<done>false</done>", "<done>false</done>\n<reward>0</reward>"),
+            "out_of_order",
+        ),
+        ("", "missing_tag"),
+    ],
+)
+def test_rejections_name_the_reason(text: str, error: str) -> None:
+    result = parse_response(text)
+    assert not result.ok
+    assert result.error == error
+    assert result.detail
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_arbitrary_text_never_raises(text: str) -> None:
+    result = parse_response(text)
+    assert result.ok or result.error in PARSE_ERRORS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_responses_never_raise(data: st.DataObject) -> None:
+    text = VALID
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(text)))
+        if data.draw(st.booleans()):
+            text = (
+                text[:position]
+                + data.draw(st.sampled_from(["<", ">", "</done>", "<reward>", "\n", "x", "1"]))
+                + text[position:]
+            )
+        else:
+            text = text[:position] + text[position + data.draw(st.integers(1, 8)) :]
+    result = parse_response(text)
+    assert result.ok or result.error in PARSE_ERRORS
+    if result.prediction is not None:
+        assert result.prediction.next_state.text.strip()
+
+
+_safe_text = st.text(
+    alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), min_size=1, max_size=60
+).filter(lambda s: s.strip() == s and s.strip() != "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reasoning=_safe_text,
+    next_text=_safe_text,
+    actions=st.lists(_safe_text.filter(lambda s: "\n" not in s and s != FREE_TEXT), unique=True, max_size=5),
+    reward=st.sampled_from([0.0, 1.0, 0.5, -1.0, 10.0]),
+    done=st.booleans(),
+)
+def test_generated_predictions_round_trip(
+    reasoning: str, next_text: str, actions: list[str], reward: float, done: bool
+) -> None:
+    prediction = ExperiencePrediction(
+        reasoning=reasoning,
+        next_state=State(text=next_text, available_actions=tuple(actions)),
+        reward=reward,
+        done=done,
+    )
+    parsed = parse_response(render_response(prediction))
+    assert parsed.prediction is not None, parsed.detail
+    assert parsed.prediction.next_state == prediction.next_state
+    assert (parsed.prediction.reward, parsed.prediction.done) == (reward, done)
+
+
+def test_prompt_respects_window_and_k() -> None:
+    steps = real_steps()
+    task = scripted_task("p")
+    query = ExperienceQuery(
+        task=task, history=tuple(steps[:3]), state=steps[3].state, action=steps[3].action, retrieved=tuple(steps[4:9])
+    )
+    prompt = render_prompt(query, PromptOptions(history_window=2, max_retrieved=3))
+    assert prompt.startswith(f"[dg-expmodel v{FORMAT_VERSION}]\n# Task\nFind the gold coin and take it.")
+    assert prompt.count("## Example") == 3 and "## Example 4" not in prompt
+    assert prompt.count("## Step") == 2
+    assert prompt.endswith(f"# Action\n{steps[3].action.text}\n# Prediction\n")
+    bare = render_prompt(query, PromptOptions(history_window=0, max_retrieved=0, include_available_actions=False))
+    assert "Available actions" not in bare and "# Recent history" not in bare and "# Similar" not in bare
+    messages = build_messages(query)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "# Current state" in messages[1]["content"]
+
+
+def test_failure_prediction_keeps_the_state() -> None:
+    state = State(text="s", available_actions=("a",))
+    query = ExperienceQuery(task=scripted_task("f"), state=state, action=Action(text="zz"))
+    failure = failure_prediction(query, "unparseable output", raw="garbage")
+    assert failure.next_state == state and failure.reward == 0.0 and not failure.done
+    assert not failure.parse_ok and failure.raw == "garbage" and failure.info == {"failure": "unparseable output"}
