@@ -95,6 +95,17 @@ def test_step_limit_truncates_as_failure() -> None:
         env.step("say")
 
 
+def test_reasoning_is_recorded_on_the_step() -> None:
+    class Explaining(EchoEnv):
+        def _step(self, action: Action) -> StepResult:
+            return super()._step(action).model_copy(update={"reasoning": f"because {action.text}"})
+
+    env = Explaining()
+    env.reset(echo_task())
+    assert env.step("say").reasoning == "because say"
+    assert env.trajectory().steps[0].reasoning == "because say"
+
+
 def test_success_defaults_to_positive_final_reward() -> None:
     env = EchoEnv()
     env.reset(echo_task())
@@ -210,6 +221,7 @@ def test_batched_env_validates_and_records() -> None:
         env.step([None, "up", "up"])
     assert env.all_done  # max_steps=4 truncates the two others
     trajectories = env.trajectories(policy_id="p")
+    assert env.history(0) == trajectories[0].steps and env.task_of(2) == echo_task()
     assert [t.num_steps for t in trajectories] == [1, 4, 4]
     assert [t.success for t in trajectories] == [True, False, False]
     assert trajectories[2].steps[-1].truncated

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from dg_core import Action, Env, State, Step
 from dg_core.testing import ScriptedEnv, scripted_task
 from dg_expmodel import Annotator, RuleBasedAnnotator
@@ -56,3 +58,53 @@ def test_free_text_irreversible_and_intermediate_reward() -> None:
     many = State(text="a. b. c. d.")
     listed = Step(state=State(text="z."), action=Action(text="x"), next_state=many, reward=0, done=False, step_index=0)
     assert "'a.', 'b.' and 2 more" in RuleBasedAnnotator(max_listed=2).explain(listed)
+
+
+class CountingTextBackend:
+    """A real tiny-model backend wrapped to count calls (the annotations themselves are model output)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.prompts = 0
+
+    @property
+    def chat(self) -> bool:
+        return False
+
+    def complete(self, prompts, sampling):  # type: ignore[no-untyped-def]
+        self.prompts += len(prompts)
+        return self.inner.complete(prompts, sampling)  # type: ignore[attr-defined]
+
+
+def test_llm_annotator_caches_and_resumes(tiny_model, tokenizer, trajectories, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dg_expmodel import LLMAnnotator, TransformersBackend, step_key
+
+    backend = CountingTextBackend(TransformersBackend(tiny_model, tokenizer))
+    steps = [step for trajectory in trajectories[:3] for step in trajectory.steps]
+    cache = tmp_path / "annotations.jsonl"
+    annotator = LLMAnnotator(backend, cache, batch_size=4, max_new_tokens=6)
+    first = annotator.annotate(steps)
+    unique = len({step_key(step) for step in steps})
+    assert len(first) == len(steps) and all(first)
+    assert backend.prompts == unique == annotator.generated
+    assert "<" not in "".join(first)  # tags are stripped so traces cannot break the response format
+    # A new annotator on the same cache asks for nothing: the run resumes from disk.
+    again = LLMAnnotator(backend, cache, batch_size=4, max_new_tokens=6)
+    assert again.annotate(steps) == first and backend.prompts == unique
+    # A torn last record (killed mid-write) is asked again; a garbage record is an error naming the line.
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:-1]) + lines[-1][:10])
+    resumed = LLMAnnotator(backend, cache, batch_size=4, max_new_tokens=6)
+    torn_key = json.loads(lines[-1])["key"]
+    redone = resumed.annotate(steps)
+    assert resumed.generated == 1
+    kept = [i for i, step in enumerate(steps) if step_key(step) != torn_key]
+    assert [redone[i] for i in kept] == [first[i] for i in kept]
+    assert LLMAnnotator(backend, cache).annotate(steps) == resumed.annotate(steps)  # the cache is whole again
+    cache.write_text('{"key": "x"}\n')
+    import pytest
+
+    from dg_core import ConfigError
+
+    with pytest.raises(ConfigError, match=r"annotations\.jsonl:1: not an annotation record"):
+        LLMAnnotator(backend, cache)

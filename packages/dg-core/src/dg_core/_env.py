@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from dg_core._episode import EpisodeRecorder, StepResult
 from dg_core._errors import ConfigError, EnvClosedError, ResetNeededError
-from dg_core._types import Action, JSONValue, Source, State, Task, Trajectory
+from dg_core._types import Action, JSONValue, Source, State, Step, Task, Trajectory
 
 
 def _check_max_steps(max_steps: int | None) -> int | None:
@@ -253,6 +253,14 @@ class BatchedEnv(_Lifecycle, ABC):
     def dones(self) -> list[bool]:
         """Whether each episode is over."""
         return [episode.done for episode in self._episodes]
+
+    def history(self, index: int) -> tuple[Step, ...]:
+        """The steps episode ``index`` has taken so far."""
+        return tuple(self._episodes[index].steps)
+
+    def task_of(self, index: int) -> Task:
+        """The task of episode ``index``."""
+        return self._episodes[index].task
 
     @property
     def all_done(self) -> bool:

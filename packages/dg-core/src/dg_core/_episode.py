@@ -23,6 +23,8 @@ class StepResult(_Model):
     """Whether it is over because of a step limit (then ``done`` is true as well)."""
     success: bool | None = None
     """Whether the task was accomplished; left ``None`` it defaults to ``done and reward > 0``."""
+    reasoning: str | None = None
+    """Why the environment answered so (an experience model's reasoning); recorded on the step."""
     info: dict[str, JSONValue] = Field(default_factory=dict)
     """Environment extras recorded with the step."""
 
@@ -91,6 +93,7 @@ class EpisodeRecorder:
             done=done,
             truncated=truncated,
             source=self.source,
+            reasoning=result.reasoning,
             step_index=len(self.steps),
             duration_s=max(0.0, duration_s),
             info=info,
@@ -104,6 +107,7 @@ class EpisodeRecorder:
             done=done,
             truncated=truncated,
             success=self.success if done else None,
+            reasoning=result.reasoning,
             info=info,
         )
 

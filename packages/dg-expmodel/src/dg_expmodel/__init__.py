@@ -1,11 +1,27 @@
-"""dg-expmodel: the reasoning experience model of DreamGym.
+"""dg-expmodel: the reasoning experience model of DreamGym (paper section 4.1).
 
-Today: the versioned prompt / response format, its strict never-raising parser, and the rule-based
-reasoning annotator. Training (SFT), inference backends, the SyntheticEnv and the audits are filled in
-by issues 6 and 7.
+The versioned prompt / response format and its strict parser, reasoning annotators, inference backends
+(transformers, vLLM, OpenAI-compatible HTTP, plus a small OpenAI-compatible server), the LLM experience
+model with retries and failure states, SFT (``dg-expmodel[train]``, imported on first use), tiny models
+for offline machines, and the synthetic environment.
 """
 
-from dg_expmodel._annotate import Annotator, RuleBasedAnnotator
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dg_expmodel._annotate import Annotator, LLMAnnotator, RuleBasedAnnotator, step_key
+from dg_expmodel._backends import (
+    STOP,
+    BackendHTTPError,
+    Completion,
+    GenerationBackend,
+    OpenAICompatibleBackend,
+    Prompt,
+    Sampling,
+    TransformersBackend,
+    VLLMBackend,
+)
 from dg_expmodel._format import (
     FORMAT_VERSION,
     FREE_TEXT,
@@ -19,27 +35,84 @@ from dg_expmodel._format import (
     render_response,
     target_of,
 )
+from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
 from dg_expmodel._parse import PARSE_ERRORS, ParseResult, failure_prediction, parse_response
+from dg_expmodel._serve import ModelServer
+from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
+from dg_expmodel._synthetic import (
+    INITIAL_STATE_KEY,
+    BatchedSyntheticEnv,
+    SyntheticEnv,
+    initial_state_from_metadata,
+    with_initial_state,
+)
+from dg_expmodel._tiny import load_tokenizer, tiny_causal_lm, train_tokenizer
+
+if TYPE_CHECKING:
+    from dg_expmodel._train import ExperienceModelSFT, FitResult, LoraSettings, fit_experience_model, save_hf_directory
 
 __version__ = "0.1.0"
+
+_TRAINING = ("ExperienceModelSFT", "FitResult", "LoraSettings", "fit_experience_model", "save_hf_directory")
 
 __all__ = [
     "FORMAT_VERSION",
     "FREE_TEXT",
+    "INITIAL_STATE_KEY",
     "PARSE_ERRORS",
     "RESPONSE_TAGS",
+    "STOP",
     "SYSTEM_PROMPT",
     "Annotator",
+    "BackendHTTPError",
+    "BatchedSyntheticEnv",
+    "Completion",
+    "ExperienceModelSFT",
+    "ExperienceModelStats",
+    "FitResult",
+    "GenerationBackend",
+    "LLMAnnotator",
+    "LLMExperienceModel",
+    "LoraSettings",
+    "ModelServer",
+    "OpenAICompatibleBackend",
     "ParseResult",
+    "Prompt",
     "PromptOptions",
     "RuleBasedAnnotator",
+    "SFTExample",
+    "Sampling",
+    "SyntheticEnv",
+    "TransformersBackend",
+    "VLLMBackend",
     "__version__",
     "build_messages",
+    "examples_from_trajectories",
     "failure_prediction",
+    "fit_experience_model",
     "format_reward",
+    "initial_state_from_metadata",
+    "load_tokenizer",
     "parse_response",
     "render_prompt",
     "render_prompt_body",
     "render_response",
+    "save_hf_directory",
+    "step_key",
     "target_of",
+    "tiny_causal_lm",
+    "tokenize_examples",
+    "train_tokenizer",
+    "with_initial_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINING:
+        from dg_core import require
+
+        require("lightning", distribution="dg-expmodel", extra="train", purpose="Experience-model SFT")
+        from dg_expmodel import _train
+
+        return getattr(_train, name)
+    raise AttributeError(f"module 'dg_expmodel' has no attribute {name!r}")

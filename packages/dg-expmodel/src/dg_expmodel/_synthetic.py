@@ -1,0 +1,247 @@
+"""The synthetic environment: transitions predicted by an experience model, grounded by retrieval.
+
+:class:`BatchedSyntheticEnv` answers a whole batch of episodes with one ``predict`` call; :class:`SyntheticEnv`
+is the single-episode form. Both follow the dg-core contract (and pass its conformance suite): an action
+outside the available set gets the failure state with reward 0 without calling the model, a step limit
+truncates, every step is recorded with the model's reasoning. New synthetic transitions are handed to
+``write_back`` (for instance a replay buffer's ``add``). The real environment is never needed at run time:
+initial states come with the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dg_core import (
+    Action,
+    BatchedEnv,
+    ConfigError,
+    Env,
+    ExperienceModel,
+    ExperiencePrediction,
+    ExperienceQuery,
+    Source,
+    State,
+    Step,
+    StepResult,
+    Task,
+)
+
+Retriever = Callable[[Sequence[ExperienceQuery], int], list[list[Step]]]
+"""Given queries (with ``retrieved`` empty) and k, the k most similar real transitions for each."""
+
+WriteBack = Callable[[Sequence[Step]], object]
+"""Receives the synthetic transitions just produced."""
+
+InitialState = Callable[[Task, int | None], State]
+"""Gives the initial abstract state of a task."""
+
+INITIAL_STATE_KEY = "initial_state"
+"""Key of ``Task.metadata`` holding the initial state (a serialised :class:`~dg_core.State`)."""
+
+
+def initial_state_from_metadata(task: Task, seed: int | None) -> State:
+    """Read the initial state stored in ``task.metadata["initial_state"]`` (put there at collection)."""
+    raw = task.metadata.get(INITIAL_STATE_KEY)
+    if raw is None:
+        raise ConfigError(
+            f"task {task.id!r} has no metadata[{INITIAL_STATE_KEY!r}]; store the real initial state with the task "
+            "(with_initial_state) or pass initial_state= to the synthetic environment"
+        )
+    return State.model_validate(raw)
+
+
+def with_initial_state(task: Task, state: State) -> Task:
+    """A copy of ``task`` carrying ``state`` as its initial state."""
+    metadata = {**task.metadata, INITIAL_STATE_KEY: state.model_dump(mode="json")}
+    return Task.model_validate({**task.model_dump(), "metadata": metadata})
+
+
+class _SyntheticCore:
+    """What the single and batched forms share: building queries and turning predictions into results."""
+
+    def __init__(
+        self,
+        model: ExperienceModel,
+        *,
+        retriever: Retriever | None,
+        top_k: int,
+        history_window: int,
+        write_back: WriteBack | None,
+        initial_state: InitialState | None,
+    ) -> None:
+        if top_k < 0 or history_window < 0:
+            raise ConfigError("top_k and history_window must be >= 0")
+        self.model = model
+        self.retriever = retriever
+        self.top_k = top_k
+        self.history_window = history_window
+        self.write_back = write_back
+        self.initial_state = initial_state or initial_state_from_metadata
+        self.parse_failures = 0
+
+    def queries(self, items: Sequence[tuple[Task, tuple[Step, ...], State, Action]]) -> list[ExperienceQuery]:
+        queries = [
+            ExperienceQuery(
+                task=task,
+                history=history[-self.history_window :] if self.history_window else (),
+                state=state,
+                action=action,
+            )
+            for task, history, state, action in items
+        ]
+        if self.retriever is not None and self.top_k > 0:
+            retrieved = self.retriever(queries, self.top_k)
+            if len(retrieved) != len(queries):
+                raise ConfigError(f"the retriever returned {len(retrieved)} lists for {len(queries)} queries")
+            queries = [q.model_copy(update={"retrieved": tuple(r)}) for q, r in zip(queries, retrieved, strict=True)]
+        return queries
+
+    def results(self, queries: Sequence[ExperienceQuery]) -> list[StepResult]:
+        predictions = self.model.predict(queries)
+        if len(predictions) != len(queries):
+            raise ConfigError(
+                f"the experience model returned {len(predictions)} predictions for {len(queries)} queries"
+            )
+        return [self._result(p) for p in predictions]
+
+    def _result(self, prediction: ExperiencePrediction) -> StepResult:
+        if not prediction.parse_ok:
+            self.parse_failures += 1
+        info: dict[str, object] = {"parse_ok": prediction.parse_ok}
+        if "failure" in prediction.info:
+            info["failure"] = prediction.info["failure"]
+        return StepResult(
+            state=prediction.next_state,
+            reward=prediction.reward,
+            done=prediction.done,
+            success=prediction.success,
+            reasoning=prediction.reasoning or None,
+            info=info,
+        )
+
+    def flush(self, steps: Sequence[Step]) -> None:
+        if self.write_back is not None and steps:
+            self.write_back(steps)
+
+
+class BatchedSyntheticEnv(BatchedEnv):
+    """Many synthetic episodes, one experience-model call per step of the batch.
+
+    Args:
+        model: Any :class:`~dg_core.ExperienceModel`.
+        retriever: Finds the top-k real transitions for each query (e.g. a replay buffer); ``None`` disables retrieval.
+        top_k: Transitions retrieved per query.
+        history_window: Past steps of the episode shown to the model (H).
+        write_back: Receives each new synthetic step (e.g. ``buffer.add``).
+        initial_state: Gives a task's initial state (default: ``task.metadata["initial_state"]``).
+        env_ids: Real environments whose tasks this env accepts (default: any).
+        max_steps: Per-episode step limit.
+    """
+
+    source = Source.SYNTHETIC
+
+    def __init__(
+        self,
+        model: ExperienceModel,
+        *,
+        retriever: Retriever | None = None,
+        top_k: int = 3,
+        history_window: int = 4,
+        write_back: WriteBack | None = None,
+        initial_state: InitialState | None = None,
+        env_ids: Sequence[str] | None = None,
+        max_steps: int | None = 30,
+    ) -> None:
+        super().__init__(max_steps=max_steps)
+        self.core = _SyntheticCore(
+            model,
+            retriever=retriever,
+            top_k=top_k,
+            history_window=history_window,
+            write_back=write_back,
+            initial_state=initial_state,
+        )
+        self.env_ids = tuple(env_ids) if env_ids is not None else None
+
+    def _check_task(self, task: Task) -> None:
+        _check_env_id(task, self.env_ids)
+
+    def _reset_batch(self, tasks: list[Task], seeds: list[int | None]) -> list[State]:
+        return [self.core.initial_state(task, seed) for task, seed in zip(tasks, seeds, strict=True)]
+
+    def _step_batch(self, indices: list[int], actions: list[Action]) -> list[StepResult]:
+        items = [
+            (self.task_of(i), self.history(i), self.states[i], action)
+            for i, action in zip(indices, actions, strict=True)
+        ]
+        return self.core.results(self.core.queries(items))
+
+    def step(self, actions: Sequence[Action | str | None]) -> list[StepResult | None]:
+        """Step the batch, then hand the new synthetic steps to ``write_back``."""
+        results = super().step(actions)
+        self.core.flush([self.history(i)[-1] for i, result in enumerate(results) if result is not None])
+        return results
+
+    @property
+    def parse_failures(self) -> int:
+        """Steps answered with the failure state because the model output did not parse."""
+        return self.core.parse_failures
+
+
+class SyntheticEnv(Env):
+    """A single synthetic episode at a time (same arguments as :class:`BatchedSyntheticEnv`)."""
+
+    source = Source.SYNTHETIC
+
+    def __init__(
+        self,
+        model: ExperienceModel,
+        *,
+        retriever: Retriever | None = None,
+        top_k: int = 3,
+        history_window: int = 4,
+        write_back: WriteBack | None = None,
+        initial_state: InitialState | None = None,
+        env_ids: Sequence[str] | None = None,
+        max_steps: int | None = 30,
+    ) -> None:
+        super().__init__(max_steps=max_steps)
+        self.core = _SyntheticCore(
+            model,
+            retriever=retriever,
+            top_k=top_k,
+            history_window=history_window,
+            write_back=write_back,
+            initial_state=initial_state,
+        )
+        self.env_ids = tuple(env_ids) if env_ids is not None else None
+
+    def _check_task(self, task: Task) -> None:
+        _check_env_id(task, self.env_ids)
+
+    def _reset(self, task: Task, seed: int | None) -> State:
+        return self.core.initial_state(task, seed)
+
+    def _step(self, action: Action) -> StepResult:
+        items = [(self.task, self.trajectory().steps, self.state, action)]
+        (result,) = self.core.results(self.core.queries(items))
+        return result
+
+    def step(self, action: Action | str) -> StepResult:
+        """Step, then hand the new synthetic step to ``write_back``."""
+        result = super().step(action)
+        self.core.flush(self.trajectory().steps[-1:])
+        return result
+
+    @property
+    def parse_failures(self) -> int:
+        """Steps answered with the failure state because the model output did not parse."""
+        return self.core.parse_failures
+
+
+def _check_env_id(task: Task, env_ids: tuple[str, ...] | None) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(f"expected a Task, got {type(task).__name__}")
+    if env_ids is not None and task.env_id not in env_ids:
+        raise ConfigError(f"task {task.id!r} is for env {task.env_id!r}; this synthetic env serves {list(env_ids)}")
