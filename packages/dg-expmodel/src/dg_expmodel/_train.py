@@ -201,7 +201,9 @@ def fit_experience_model(
     val_features = tokenize_examples(val_examples, tokenizer, max_length=max_length)
     pad = tokenizer.pad_token_id
     train_batches = Batches(train_features, batch_size, pad, seed=seed, shuffle=True)
-    val_batches = Batches(val_features, batch_size, pad, seed=seed, shuffle=False) if val_features else None
+    # An empty validation set is passed as an empty loader with validation switched off (not as None,
+    # which makes Lightning warn about the module's validation_step).
+    val_batches = Batches(val_features, batch_size, pad, seed=seed, shuffle=False)
     optimizer_steps = max(1, len(train_batches) // accumulate_grad_batches) * max_epochs
     module = ExperienceModelSFT(
         model,
@@ -228,6 +230,7 @@ def fit_experience_model(
             _SaveHFEachEpoch(tokenizer, output / "model", lora is not None),
         ],
         num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_features else 0,
         deterministic=True,
     )
     last = checkpoints / "last.ckpt"
