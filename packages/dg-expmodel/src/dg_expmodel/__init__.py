@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dg_expmodel._annotate import Annotator, LLMAnnotator, RuleBasedAnnotator, step_key
+from dg_expmodel._audit import ABLATIONS, FAILURE_TYPES, Ablation, OpenLoop, TeacherForced, hallucinated_entities
+from dg_expmodel._audit_metrics import BinaryStats, content_words, mmd_permutation_test, set_f1, token_f1
+from dg_expmodel._audit_report import AuditReport, AuditRow, audit_experience_model, write_report
 from dg_expmodel._backends import (
     STOP,
     BackendHTTPError,
@@ -23,6 +26,7 @@ from dg_expmodel._backends import (
     VLLMBackend,
 )
 from dg_expmodel._format import (
+    EMPTY_REASONING,
     FORMAT_VERSION,
     FREE_TEXT,
     RESPONSE_TAGS,
@@ -56,6 +60,9 @@ __version__ = "0.1.0"
 _TRAINING = ("ExperienceModelSFT", "FitResult", "LoraSettings", "fit_experience_model", "save_hf_directory")
 
 __all__ = [
+    "ABLATIONS",
+    "EMPTY_REASONING",
+    "FAILURE_TYPES",
     "FORMAT_VERSION",
     "FREE_TEXT",
     "INITIAL_STATE_KEY",
@@ -63,9 +70,13 @@ __all__ = [
     "RESPONSE_TAGS",
     "STOP",
     "SYSTEM_PROMPT",
+    "Ablation",
     "Annotator",
+    "AuditReport",
+    "AuditRow",
     "BackendHTTPError",
     "BatchedSyntheticEnv",
+    "BinaryStats",
     "Completion",
     "ExperienceModelSFT",
     "ExperienceModelStats",
@@ -76,6 +87,7 @@ __all__ = [
     "LoraSettings",
     "ModelServer",
     "OpenAICompatibleBackend",
+    "OpenLoop",
     "ParseResult",
     "Prompt",
     "PromptOptions",
@@ -83,27 +95,35 @@ __all__ = [
     "SFTExample",
     "Sampling",
     "SyntheticEnv",
+    "TeacherForced",
     "TransformersBackend",
     "VLLMBackend",
     "__version__",
+    "audit_experience_model",
     "build_messages",
+    "content_words",
     "examples_from_trajectories",
     "failure_prediction",
     "fit_experience_model",
     "format_reward",
+    "hallucinated_entities",
     "initial_state_from_metadata",
     "load_tokenizer",
+    "mmd_permutation_test",
     "parse_response",
     "render_prompt",
     "render_prompt_body",
     "render_response",
     "save_hf_directory",
+    "set_f1",
     "step_key",
     "target_of",
     "tiny_causal_lm",
+    "token_f1",
     "tokenize_examples",
     "train_tokenizer",
     "with_initial_state",
+    "write_report",
 ]
 
 

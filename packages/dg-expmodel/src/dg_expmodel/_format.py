@@ -34,6 +34,9 @@ FREE_TEXT = "*free text*"
 RESPONSE_TAGS = ("reasoning", "next_state", "available_actions", "reward", "done")
 """The response fields, in the order they must appear."""
 
+EMPTY_REASONING = "<reasoning></reasoning>\n"
+"""What the no-reasoning ablation puts where the reasoning would be."""
+
 SYSTEM_PROMPT = (
     "You simulate a text environment for an agent. Given the task, similar real transitions, the recent "
     "history, the current state and the agent's action, reason step by step about what the environment does, "
@@ -54,6 +57,8 @@ class PromptOptions(BaseModel):
     """How many retrieved real transitions to show (k)."""
     include_available_actions: bool = True
     """Whether to list the available actions of shown states."""
+    reasoning: bool = True
+    """Whether the model reasons first; False pre-fills an empty ``<reasoning></reasoning>`` (an ablation)."""
 
 
 def _actions_line(state: State) -> str:
@@ -111,15 +116,18 @@ def render_prompt_body(query: ExperienceQuery, options: PromptOptions | None = N
 
 def render_prompt(query: ExperienceQuery, options: PromptOptions | None = None) -> str:
     """The full prompt for a plain (non-instruct) causal LM; the response follows it directly."""
-    return f"[dg-expmodel v{FORMAT_VERSION}]\n{render_prompt_body(query, options)}\n# Prediction\n"
+    options = options or PromptOptions()
+    prefill = EMPTY_REASONING if not options.reasoning else ""
+    return f"[dg-expmodel v{FORMAT_VERSION}]\n{render_prompt_body(query, options)}\n# Prediction\n{prefill}"
 
 
 def build_messages(query: ExperienceQuery, options: PromptOptions | None = None) -> list[dict[str, str]]:
     """Chat messages for an instruct model (system + user); the response is the assistant turn."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": render_prompt_body(query, options)},
-    ]
+    options = options or PromptOptions()
+    body = render_prompt_body(query, options)
+    if not options.reasoning:
+        body += f"\n# Answer without reasoning: write {EMPTY_REASONING.strip()} first."
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": body}]
 
 
 def render_response(prediction: ExperiencePrediction) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from dg_core import ExperiencePrediction, ExperienceQuery
 from dg_expmodel._backends import Completion, GenerationBackend, Prompt, Sampling
-from dg_expmodel._format import PromptOptions, build_messages, render_prompt
+from dg_expmodel._format import EMPTY_REASONING, PromptOptions, build_messages, render_prompt
 from dg_expmodel._parse import failure_prediction, parse_response
 
 
@@ -69,6 +69,18 @@ class LLMExperienceModel:
         self.retries = max(0, retries)
         self.retry_temperature = retry_temperature
         self.stats = ExperienceModelStats()
+        # Plain prompts of the no-reasoning ablation end with the (empty) reasoning field already written.
+        self._prefill = EMPTY_REASONING if not self.options.reasoning and not backend.chat else ""
+
+    def with_options(self, options: PromptOptions) -> LLMExperienceModel:
+        """The same backend and decoding with other prompt options (for ablations); fresh statistics."""
+        return LLMExperienceModel(
+            self.backend,
+            options=options,
+            sampling=self.sampling,
+            retries=self.retries,
+            retry_temperature=self.retry_temperature,
+        )
 
     def prompt(self, query: ExperienceQuery) -> Prompt:
         """The prompt sent for ``query``."""
@@ -95,7 +107,7 @@ class LLMExperienceModel:
             still: list[int] = []
             for index, completion in zip(pending, completions, strict=True):
                 self._account(completion)
-                parsed = parse_response(completion.text)
+                parsed = parse_response(self._prefill + completion.text)
                 if parsed.prediction is not None:
                     info = {"attempts": attempt + 1, "completion_tokens": completion.completion_tokens}
                     results[index] = parsed.prediction.model_copy(update={"info": info})

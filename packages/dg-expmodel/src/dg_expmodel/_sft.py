@@ -16,7 +16,14 @@ from typing import Any
 
 from dg_core import ExperienceQuery, Step, Trajectory
 from dg_expmodel._annotate import Annotator
-from dg_expmodel._format import PromptOptions, build_messages, render_prompt, render_response, target_of
+from dg_expmodel._format import (
+    EMPTY_REASONING,
+    PromptOptions,
+    build_messages,
+    render_prompt,
+    render_response,
+    target_of,
+)
 
 IGNORE_INDEX = -100
 
@@ -65,7 +72,11 @@ def examples_from_trajectories(
                 prompt = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             else:
                 prompt = render_prompt(query, options)
-            examples.append(SFTExample(prompt=prompt, response=render_response(target_of(step, why))))
+            if options.reasoning:
+                response = render_response(target_of(step, why))
+            else:  # the prompt already ends with the empty reasoning field
+                response = render_response(target_of(step, ""))[len(EMPTY_REASONING) :]
+            examples.append(SFTExample(prompt=prompt, response=response))
     return examples
 
 

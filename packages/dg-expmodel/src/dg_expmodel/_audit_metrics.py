@@ -1,0 +1,159 @@
+"""Metrics of experience-model fidelity: pure functions over texts, sets, labels and embeddings."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOPWORD_TEXT = """
+a an the and or of to in on at into onto from with for by it its this that is are was be been you your
+see there here nothing not no can cannot do does did has have had as but if then than so up down out
+over under one two three room rooms take go look walk east west north south i me my
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens."""
+    return _WORD.findall(text.lower())
+
+
+def content_words(text: str) -> set[str]:
+    """Words that name things (stopwords and numbers removed) — the entities the audits track."""
+    return {w for w in words(text) if w not in _STOPWORDS and not w.isdigit() and len(w) > 1}
+
+
+def token_f1(predicted: str, reference: str) -> float:
+    """Bag-of-words F1 between two texts (1.0 for two empty texts)."""
+    p, r = Counter(words(predicted)), Counter(words(reference))
+    if not p and not r:
+        return 1.0
+    overlap = sum((p & r).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def set_f1(predicted: Iterable[str] | None, reference: Iterable[str] | None) -> float:
+    """F1 between two action sets; ``None`` (free text) matches only ``None``; two empty sets match."""
+    if predicted is None or reference is None:
+        return 1.0 if predicted is None and reference is None else 0.0
+    p, r = set(predicted), set(reference)
+    if not p and not r:
+        return 1.0
+    overlap = len(p & r)
+    if overlap == 0:
+        return 0.0
+    return 2 * overlap / (len(p) + len(r))
+
+
+@dataclass(frozen=True)
+class BinaryStats:
+    """Confusion counts of a binary prediction, with the usual rates."""
+
+    true_positive: int
+    false_positive: int
+    false_negative: int
+    true_negative: int
+
+    @classmethod
+    def of(cls, predicted: Sequence[bool], actual: Sequence[bool]) -> BinaryStats:
+        """Count the four outcomes."""
+        pairs = list(zip(predicted, actual, strict=True))
+        return cls(
+            true_positive=sum(p and a for p, a in pairs),
+            false_positive=sum(p and not a for p, a in pairs),
+            false_negative=sum(a and not p for p, a in pairs),
+            true_negative=sum(not p and not a for p, a in pairs),
+        )
+
+    @property
+    def total(self) -> int:
+        """Number of predictions."""
+        return self.true_positive + self.false_positive + self.false_negative + self.true_negative
+
+    @property
+    def accuracy(self) -> float:
+        """Share predicted correctly."""
+        return (self.true_positive + self.true_negative) / self.total if self.total else 0.0
+
+    @property
+    def precision(self) -> float:
+        """Of the predicted positives, the share that were positive (1.0 if none was predicted)."""
+        predicted = self.true_positive + self.false_positive
+        return self.true_positive / predicted if predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Of the actual positives, the share predicted (1.0 if there were none)."""
+        actual = self.true_positive + self.false_negative
+        return self.true_positive / actual if actual else 1.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall."""
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Counts and rates, for reports."""
+        return {
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "true_positive": self.true_positive,
+            "false_positive": self.false_positive,
+            "false_negative": self.false_negative,
+            "true_negative": self.true_negative,
+        }
+
+
+def _rbf_kernel(x: np.ndarray, y: np.ndarray, bandwidth: float) -> np.ndarray:
+    distances = np.sum(x**2, axis=1)[:, None] + np.sum(y**2, axis=1)[None, :] - 2 * x @ y.T
+    kernel: np.ndarray = np.exp(-np.maximum(distances, 0.0) / (2 * bandwidth**2))
+    return kernel
+
+
+def _mmd2(kernel: np.ndarray, n: int) -> float:
+    xx, yy, xy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
+    m = kernel.shape[0] - n
+    if n < 2 or m < 2:
+        return 0.0
+    sum_xx = (xx.sum() - np.trace(xx)) / (n * (n - 1))
+    sum_yy = (yy.sum() - np.trace(yy)) / (m * (m - 1))
+    return float(sum_xx + sum_yy - 2 * xy.mean())
+
+
+def mmd_permutation_test(
+    first: np.ndarray, second: np.ndarray, *, permutations: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """Unbiased squared MMD (RBF kernel, median-distance bandwidth) and its permutation-test p-value.
+
+    Returns ``(mmd2, p_value)``; a small p-value says the two sets of embeddings come from different
+    distributions.
+    """
+    first = np.asarray(first, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    pooled = np.concatenate([first, second])
+    distances = np.sqrt(np.maximum(np.sum((pooled[:, None, :] - pooled[None, :, :]) ** 2, axis=-1), 0.0))
+    positive = distances[distances > 0]
+    bandwidth = float(np.median(positive)) if positive.size else 1.0
+    kernel = _rbf_kernel(pooled, pooled, bandwidth)
+    n = len(first)
+    observed = _mmd2(kernel, n)
+    rng = random.Random(seed)
+    order = list(range(len(pooled)))
+    at_least = 0
+    for _ in range(permutations):
+        rng.shuffle(order)
+        permuted = kernel[np.ix_(order, order)]
+        at_least += _mmd2(permuted, n) >= observed
+    return observed, (at_least + 1) / (permutations + 1)

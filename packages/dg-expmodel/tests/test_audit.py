@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dg_core import Action, ExperiencePrediction, ExperienceQuery, State, Step
+from dg_core.testing import ScriptedExperienceModel, scripted_task
+from dg_expmodel import (
+    ABLATIONS,
+    BinaryStats,
+    LLMExperienceModel,
+    PromptOptions,
+    Sampling,
+    TransformersBackend,
+    audit_experience_model,
+    hallucinated_entities,
+    mmd_permutation_test,
+    set_f1,
+    token_f1,
+)
+from dg_replay import HashingEncoder
+from tests.conftest import collect
+
+
+class TaskExactRetriever:
+    """Finds the real transition of the same task, state and action (exact grounding in a deterministic env)."""
+
+    def __init__(self, trajectories: list) -> None:  # type: ignore[type-arg]
+        self.table = {(t.task.id, s.state.text, s.action.text): s for t in trajectories for s in t.steps}
+
+    def __call__(self, queries: Sequence[ExperienceQuery], k: int) -> list[list[Step]]:
+        found = (self.table.get((q.task.id, q.state.text, q.action.text)) for q in queries)
+        return [[step] if step is not None else [] for step in found]
+
+
+def test_metrics_on_hand_computed_cases() -> None:
+    assert token_f1("a b c", "a b d") == pytest.approx(2 / 3)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    assert set_f1(["go", "look"], ["go", "take"]) == pytest.approx(0.5)
+    assert set_f1(None, None) == 1.0 and set_f1(None, []) == 0.0 and set_f1([], []) == 1.0
+    stats = BinaryStats.of([True, True, False, False, True], [True, False, True, False, True])
+    assert (stats.true_positive, stats.false_positive, stats.false_negative, stats.true_negative) == (2, 1, 1, 1)
+    assert stats.accuracy == pytest.approx(0.6) and stats.precision == pytest.approx(2 / 3)
+    assert stats.recall == pytest.approx(2 / 3) and stats.f1 == pytest.approx(2 / 3)
+
+
+def test_mmd_separates_distributions() -> None:
+    rng = np.random.default_rng(0)
+    same_a, same_b = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
+    shifted = rng.normal(loc=1.5, size=(40, 8))
+    _, p_same = mmd_permutation_test(same_a, same_b, permutations=100)
+    mmd_shift, p_shift = mmd_permutation_test(same_a, shifted, permutations=100)
+    assert p_same > 0.05
+    assert p_shift < 0.02 and mmd_shift > 0
+
+
+def test_hallucinated_entities() -> None:
+    query = ExperienceQuery(
+        task=scripted_task("h"), state=State(text="Room 1 of 3. You see: a gold coin."), action=Action(text="go east")
+    )
+    prediction = ExperiencePrediction(next_state=State(text="Room 2 of 3. You see: a dragon and a gold coin."))
+    assert hallucinated_entities(query, prediction) == {"dragon"}
+    assert hallucinated_entities(query, prediction, real_next="A dragon sleeps here.") == set()
+
+
+def test_audit_table_shows_what_retrieval_buys(tmp_path: Path) -> None:
+    held_out = collect(10, offset=300)
+    # The copy model is exact when retrieval finds the real transition, blind without it.
+    retriever = TaskExactRetriever(collect(40) + held_out)
+    report = audit_experience_model(
+        ScriptedExperienceModel(),
+        held_out,
+        retriever=retriever,
+        encoder=HashingEncoder(dim=128),
+        options=PromptOptions(history_window=2, max_retrieved=2),
+        output_dir=tmp_path,
+        permutations=50,
+        progress=False,
+    )
+    full, blind = report.row("full"), report.row("no_retrieval")
+    steps = sum(t.num_steps for t in held_out)
+    assert full.teacher_forced.steps == steps
+    assert full.teacher_forced.eps_r == 0.0 and full.teacher_forced.eps_p == 0.0
+    assert full.teacher_forced.exact_match == 1.0 and full.teacher_forced.success.f1 == 1.0
+    assert full.teacher_forced.hallucination_rate == 0.0 and full.teacher_forced.embedding_similarity == pytest.approx(
+        1.0
+    )
+    assert full.open_loop is not None and full.open_loop.faithful_episodes == 10
+    assert blind.teacher_forced.exact_match < 0.2 and blind.teacher_forced.eps_p > 0.2
+    assert blind.teacher_forced.success.recall == 0.0  # never predicts the wins it cannot see
+    assert blind.teacher_forced.mmd_p_value is not None and blind.teacher_forced.mmd_p_value < 0.05
+    assert blind.open_loop is not None and blind.open_loop.faithful_episodes == 0
+    assert sum(blind.open_loop.first_failure.values()) == 10
+    assert not report.row("no_reasoning").applied  # a scripted model has no reasoning switch
+    assert [row.ablation.name for row in report.rows] == [a.name for a in ABLATIONS]
+    assert "per_group" in report.as_dict()["full"]["teacher_forced"]
+    for name in ("audit.json", "audit.md", "audit_open_loop.png", "audit_failures.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "audit.md").read_text().startswith("| ablation | eps_R | eps_P |")
+    with pytest.raises(KeyError, match="no ablation 'nope'"):
+        report.row("nope")
+
+
+def test_audit_of_an_untrained_llm_counts_parse_failures(tiny_model: Any, tokenizer: Any) -> None:
+    held_out = collect(3, offset=700)
+    model = LLMExperienceModel(
+        TransformersBackend(tiny_model, tokenizer),
+        options=PromptOptions(history_window=1, max_retrieved=0),
+        sampling=Sampling(max_new_tokens=6),
+        retries=0,
+    )
+    report = audit_experience_model(model, held_out, options=model.options, ablations=ABLATIONS[:3:2], progress=False)
+    for row in report.rows:
+        assert row.applied
+        assert row.teacher_forced.parse_failure_rate == 1.0
+        assert row.open_loop is not None and row.open_loop.first_failure == {"parse_failure": 3}
