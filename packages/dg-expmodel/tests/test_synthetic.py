@@ -14,23 +14,26 @@ from dg_core import (
     Trajectory,
 )
 from dg_core.testing import EnvConformance, ScriptedEnv, ScriptedExperienceModel, scripted_task
-from dg_expmodel import BatchedSyntheticEnv, SyntheticEnv, with_initial_state
+from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack, SyntheticEnv, with_initial_state
+from dg_replay import HashingEncoder, ReplayBuffer
 from tests.conftest import collect
 
 
-class ExactRetriever:
-    """Looks real transitions up by (state text, action) — the grounding the copy model needs."""
+def real_buffer(trajectories: Sequence[Trajectory]) -> ReplayBuffer:
+    """An in-memory replay buffer (real USearch index, hashing encoder) holding ``trajectories``."""
+    buffer = ReplayBuffer.create(encoder=HashingEncoder(dim=256))
+    buffer.add_trajectories(trajectories)
+    return buffer
 
-    def __init__(self, trajectories: Sequence[Trajectory]) -> None:
-        self.table: dict[tuple[str, str], list[Step]] = {}
-        for trajectory in trajectories:
-            for step in trajectory.steps:
-                self.table.setdefault((step.state.text, step.action.text), []).append(step)
-        self.calls = 0
+
+class CountingRetriever(ReplayRetriever):
+    """A replay retriever that counts its calls."""
+
+    calls = 0
 
     def __call__(self, queries: Sequence[ExperienceQuery], k: int) -> list[list[Step]]:
         self.calls += 1
-        return [self.table.get((q.state.text, q.action.text), [])[:k] for q in queries]
+        return super().__call__(queries, k)
 
 
 def grounded_tasks(count: int) -> list[Task]:
@@ -45,13 +48,14 @@ def grounded_tasks(count: int) -> list[Task]:
 
 
 REAL = collect(120)
+BUFFER = real_buffer(REAL)
 
 
 class TestSyntheticEnvConformance(EnvConformance):
     @pytest.fixture
     def make_env(self):  # type: ignore[no-untyped-def]
         return lambda: SyntheticEnv(
-            ScriptedExperienceModel(), retriever=ExactRetriever(REAL), env_ids=["scripted"], max_steps=12
+            ScriptedExperienceModel(), retriever=ReplayRetriever(BUFFER), env_ids=["scripted"], max_steps=12
         )
 
     @pytest.fixture
@@ -60,9 +64,10 @@ class TestSyntheticEnvConformance(EnvConformance):
 
 
 def test_grounded_synthetic_episode_replays_the_real_one() -> None:
-    written: list[Step] = []
-    env = SyntheticEnv(ScriptedExperienceModel(), retriever=ExactRetriever(REAL), write_back=written.extend)
-    real = REAL[0]  # an expert episode
+    real = REAL[0]  # an expert episode; the buffer holds no other episode of its instruction
+    buffer = real_buffer([real] + [t for t in REAL if t.task.instruction != real.task.instruction])
+    write_back = ReplayWriteBack(buffer)
+    env = SyntheticEnv(ScriptedExperienceModel(), retriever=ReplayRetriever(buffer), write_back=write_back)
     env.reset(with_initial_state(real.task, real.steps[0].state), seed=real.task.seed)
     for step in real.steps:
         result = env.step(step.action)
@@ -70,14 +75,29 @@ def test_grounded_synthetic_episode_replays_the_real_one() -> None:
     synthetic = env.trajectory()
     assert synthetic.success and synthetic.source.value == "synthetic"
     assert all(s.reasoning and "real transition" in s.reasoning for s in synthetic.steps)
-    assert written == list(synthetic.steps)
+    assert write_back.added == synthetic.num_steps
+    stats = buffer.stats()
+    real_steps = sum(t.num_steps for t in REAL if t.task.instruction != real.task.instruction) + real.num_steps
+    assert stats.by_source == {"real": real_steps, "synthetic": synthetic.num_steps}
+    # Synthetic transitions in the buffer never ground later predictions (the retriever asks for real ones).
+    query = ExperienceQuery(task=real.task, state=real.steps[0].state, action=real.steps[0].action)
+    assert all(s.source.value == "real" for s in ReplayRetriever(buffer)([query], 5)[0])
+
+
+def test_retriever_can_exclude_the_transition_itself() -> None:
+    real = REAL[0]
+    retriever = ReplayRetriever(BUFFER, exclude_self=True)
+    hits = retriever.for_step(real.task, real.steps[0], 3)
+    assert len(hits) == 3 and real.steps[0] not in hits
+    plain = ReplayRetriever(BUFFER).for_step(real.task, real.steps[0], 3)
+    assert real.steps[0] in plain
 
 
 def test_batched_env_makes_one_model_call_per_step() -> None:
     model = ScriptedExperienceModel()
-    retriever = ExactRetriever(REAL)
+    retriever = CountingRetriever(BUFFER)
     written: list[Step] = []
-    env = BatchedSyntheticEnv(model, retriever=retriever, write_back=written.extend, max_steps=6)
+    env = BatchedSyntheticEnv(model, retriever=retriever, write_back=lambda _t, s: written.extend(s), max_steps=6)
     tasks = grounded_tasks(8)
     states = env.reset(tasks)
     assert states == [State.model_validate(t.metadata["initial_state"]) for t in tasks]
@@ -99,7 +119,7 @@ def test_batched_env_makes_one_model_call_per_step() -> None:
 
 def test_invalid_action_never_reaches_the_model() -> None:
     model = ScriptedExperienceModel()
-    env = SyntheticEnv(model, retriever=ExactRetriever(REAL))
+    env = SyntheticEnv(model, retriever=ReplayRetriever(BUFFER))
     env.reset(grounded_tasks(1)[0])
     result = env.step("fly to the moon")
     assert model.queries == []

@@ -41,6 +41,7 @@ from dg_expmodel._format import (
 )
 from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
 from dg_expmodel._parse import PARSE_ERRORS, ParseResult, failure_prediction, parse_response
+from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
 from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
 from dg_expmodel._synthetic import (
@@ -91,6 +92,8 @@ __all__ = [
     "ParseResult",
     "Prompt",
     "PromptOptions",
+    "ReplayRetriever",
+    "ReplayWriteBack",
     "RuleBasedAnnotator",
     "SFTExample",
     "Sampling",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dg_core import ExperienceQuery, Step, Trajectory
+from dg_core import ExperienceQuery, Step, Task, Trajectory
 from dg_expmodel._annotate import Annotator
 from dg_expmodel._format import (
     EMPTY_REASONING,
@@ -41,7 +41,7 @@ def examples_from_trajectories(
     annotator: Annotator,
     *,
     options: PromptOptions | None = None,
-    retrieve: Callable[[Step], Sequence[Step]] | None = None,
+    retrieve: Callable[[Task, Step], Sequence[Step]] | None = None,
     tokenizer: Any = None,
 ) -> list[SFTExample]:
     """Training pairs for every real transition, with the annotator's reasoning.
@@ -50,8 +50,8 @@ def examples_from_trajectories(
         trajectories: Real episodes (the history of each step comes from its episode).
         annotator: Writes the reasoning of each transition.
         options: Prompt contents (history window, retrieved examples).
-        retrieve: Optional function giving the retrieved transitions shown with a step (a replay-buffer
-            lookup that should exclude the step itself).
+        retrieve: Optional ``(task, step) -> steps`` giving the retrieved transitions shown with a step, e.g.
+            ``functools.partial(ReplayRetriever(buffer, exclude_self=True).for_step, k=3)``.
         tokenizer: If it has a chat template, prompts are rendered through it; else the plain template.
     """
     options = options or PromptOptions()
@@ -65,7 +65,7 @@ def examples_from_trajectories(
                 history=steps[:position],
                 state=step.state,
                 action=step.action,
-                retrieved=tuple(retrieve(step)) if retrieve else (),
+                retrieved=tuple(retrieve(trajectory.task, step)) if retrieve else (),
             )
             if chat:
                 messages = build_messages(query, options)

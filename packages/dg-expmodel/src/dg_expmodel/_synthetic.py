@@ -30,8 +30,8 @@ from dg_core import (
 Retriever = Callable[[Sequence[ExperienceQuery], int], list[list[Step]]]
 """Given queries (with ``retrieved`` empty) and k, the k most similar real transitions for each."""
 
-WriteBack = Callable[[Sequence[Step]], object]
-"""Receives the synthetic transitions just produced."""
+WriteBack = Callable[[Task, Sequence[Step]], object]
+"""Receives a task and the synthetic transitions of it just produced."""
 
 InitialState = Callable[[Task, int | None], State]
 """Gives the initial abstract state of a task."""
@@ -120,9 +120,14 @@ class _SyntheticCore:
             info=info,
         )
 
-    def flush(self, steps: Sequence[Step]) -> None:
-        if self.write_back is not None and steps:
-            self.write_back(steps)
+    def flush(self, produced: Sequence[tuple[Task, Step]]) -> None:
+        if self.write_back is None:
+            return
+        by_task: dict[str, tuple[Task, list[Step]]] = {}
+        for task, step in produced:
+            by_task.setdefault(task.id, (task, []))[1].append(step)
+        for task, steps in by_task.values():
+            self.write_back(task, steps)
 
 
 class BatchedSyntheticEnv(BatchedEnv):
@@ -133,7 +138,7 @@ class BatchedSyntheticEnv(BatchedEnv):
         retriever: Finds the top-k real transitions for each query (e.g. a replay buffer); ``None`` disables retrieval.
         top_k: Transitions retrieved per query.
         history_window: Past steps of the episode shown to the model (H).
-        write_back: Receives each new synthetic step (e.g. ``buffer.add``).
+        write_back: Receives ``(task, new synthetic steps)`` after every step (e.g. :class:`ReplayWriteBack`).
         initial_state: Gives a task's initial state (default: ``task.metadata["initial_state"]``).
         env_ids: Real environments whose tasks this env accepts (default: any).
         max_steps: Per-episode step limit.
@@ -180,7 +185,9 @@ class BatchedSyntheticEnv(BatchedEnv):
     def step(self, actions: Sequence[Action | str | None]) -> list[StepResult | None]:
         """Step the batch, then hand the new synthetic steps to ``write_back``."""
         results = super().step(actions)
-        self.core.flush([self.history(i)[-1] for i, result in enumerate(results) if result is not None])
+        self.core.flush(
+            [(self.task_of(i), self.history(i)[-1]) for i, result in enumerate(results) if result is not None]
+        )
         return results
 
     @property
@@ -231,7 +238,7 @@ class SyntheticEnv(Env):
     def step(self, action: Action | str) -> StepResult:
         """Step, then hand the new synthetic step to ``write_back``."""
         result = super().step(action)
-        self.core.flush(self.trajectory().steps[-1:])
+        self.core.flush([(self.task, self.trajectory().steps[-1])])
         return result
 
     @property
