@@ -80,6 +80,19 @@ def test_invalid_action_passed_through_is_flagged() -> None:
     assert result.info["invalid_action"] is True
 
 
+def test_pass_through_adapter_may_accept_unlisted_actions() -> None:
+    class Grammar(EchoEnv):
+        def _step(self, action: Action) -> StepResult:
+            result = super()._step(action)
+            accepted = action.text.startswith("say ")  # the listed actions are suggestions of a larger grammar
+            return result.model_copy(update={"info": {"invalid_action": not accepted}})
+
+    env = Grammar(passes=True)
+    env.reset(echo_task())
+    assert env.step("say hello").info["invalid_action"] is False
+    assert env.step("dance").info["invalid_action"] is True
+
+
 def test_step_limit_truncates_as_failure() -> None:
     env = EchoEnv(max_steps=3)
     env.reset(echo_task(), seed=5)

@@ -32,6 +32,17 @@ def _check_max_steps(max_steps: int | None) -> int | None:
     return max_steps
 
 
+def _flag_unlisted(result: StepResult) -> StepResult:
+    """Mark an answer to an action outside the listed ones as invalid, unless the adapter judged it itself.
+
+    Adapters that pass such actions through may accept some (the listed actions can be suggestions from a
+    larger grammar): their own ``info["invalid_action"]`` wins.
+    """
+    if "invalid_action" in result.info:
+        return result
+    return result.model_copy(update={"info": {**result.info, "invalid_action": True}})
+
+
 class _Lifecycle:
     env_id: ClassVar[str] = ""
     source: ClassVar[Source] = Source.REAL
@@ -95,7 +106,7 @@ class Env(_Lifecycle, ABC):
             result = self._step(action)
         elif self.passes_invalid_actions:
             result = self._step(action)
-            result = result.model_copy(update={"info": {**result.info, "invalid_action": True}})
+            result = _flag_unlisted(result)
         else:
             result = episode.invalid_result(action.text)
         if not isinstance(result, StepResult):
@@ -220,7 +231,7 @@ class BatchedEnv(_Lifecycle, ABC):
                 raise TypeError(f"{type(self).__name__}._step_batch must return one StepResult per action")
             for index, answer in zip(forwarded, answers, strict=True):
                 if not self._episodes[index].state.allows(coerced[index].text):
-                    answer = answer.model_copy(update={"info": {**answer.info, "invalid_action": True}})
+                    answer = _flag_unlisted(answer)
                 results[index] = answer
         # A batch is answered as a whole: each forwarded step is charged an equal share of its time.
         per_step = (time.perf_counter() - started) / max(1, len(forwarded))
