@@ -168,6 +168,13 @@ def test_random_policy_is_seeded_and_sometimes_fails() -> None:
     assert 0 < sum(first) < 40
 
 
+def test_history_and_named_random_policy() -> None:
+    env = ScriptedEnv()
+    trajectory = play_episode(env, RandomPolicy(seed=3, policy_id="random"), scripted_task("h", seed=1))
+    assert env.history == trajectory.steps
+    assert trajectory.policy_id == "random" and RandomPolicy(seed=3).policy_id == "random-3"
+
+
 def test_play_episode_step_cap() -> None:
     env = EchoEnv()
     trajectory = play_episode(env, ScriptedPolicy(["say"]), echo_task(), max_steps=4)

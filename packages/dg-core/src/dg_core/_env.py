@@ -125,6 +125,11 @@ class Env(_Lifecycle, ABC):
         return self._require_episode().trajectory(policy_id=policy_id, metadata=metadata)
 
     @property
+    def history(self) -> tuple[Step, ...]:
+        """The steps of the current episode so far (cheap: no trajectory is built or validated)."""
+        return tuple(self._require_episode().steps)
+
+    @property
     def state(self) -> State:
         """The current abstract state."""
         return self._require_episode().state

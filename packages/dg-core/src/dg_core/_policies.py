@@ -17,17 +17,20 @@ class RandomPolicy:
     Args:
         seed: Seed of its private random generator; the same seed gives the same choices.
         fallback_action: What to do where the state lists no available actions.
+        policy_id: Name recorded in trajectories (default ``random-<seed>``; give one name to policies
+            seeded per episode so their trajectories group together).
     """
 
-    def __init__(self, seed: int = 0, *, fallback_action: str = "look") -> None:
+    def __init__(self, seed: int = 0, *, fallback_action: str = "look", policy_id: str | None = None) -> None:
         self._rng = random.Random(seed)
         self.fallback_action = fallback_action
         self.seed = seed
+        self._policy_id = policy_id or f"random-{seed}"
 
     @property
     def policy_id(self) -> str:
-        """``random`` with its seed."""
-        return f"random-{self.seed}"
+        """The name recorded in trajectories."""
+        return self._policy_id
 
     def act(self, requests: Sequence[PolicyRequest]) -> list[Action]:
         """One uniformly chosen available action per request."""
@@ -64,7 +67,7 @@ def play_episode(
     state = env.reset(task, seed)
     taken = 0
     while not env.done and (max_steps is None or taken < max_steps):
-        history = tuple(env.trajectory().steps)
+        history = env.history
         (action,) = policy.act([PolicyRequest(task=task, history=history, state=state)])
         state = env.step(action).state
         taken += 1
