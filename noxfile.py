@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -29,6 +30,11 @@ if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
     os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
 elif Path("/opt/wheels").is_dir() and not os.environ.get("UV_FIND_LINKS"):
     os.environ["UV_FIND_LINKS"] = "/opt/wheels"
+
+# Requirements that compile for minutes (alfworld's planner: C++, ~6 min on 2 cores) and that uv would
+# rebuild in every fresh venv: built once into a wheel folder that every install then finds.
+WHEELS = ROOT / ".nox" / "wheels"
+SLOW_BUILDS = {"fast-downward-textworld==20.6.4": "fast_downward_textworld-20.6.4-"}
 
 LINT_TOOLS = ["ruff==0.17.6"]
 TYPE_TOOLS = ["mypy==2.4.1", "pytest>=8"]
@@ -56,11 +62,23 @@ def sibling_closure(package: str) -> list[str]:
     return seen
 
 
+def install(session: nox.Session, *requirements: str) -> None:
+    """Install with the CPU constraints; when dg-envs is among the requirements, from prebuilt slow wheels too."""
+    find_links: list[str] = []
+    if any("dg-envs" in requirement for requirement in requirements):
+        missing = [req for req, prefix in SLOW_BUILDS.items() if not any(WHEELS.glob(f"{prefix}*.whl"))]
+        if missing:
+            session.log(f"building once into {WHEELS}: {', '.join(missing)} (a few minutes)")
+            session.run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(WHEELS), *missing, external=True)
+        find_links = ["--find-links", str(WHEELS)]
+    session.install("-c", str(CONSTRAINTS), *find_links, *requirements)
+
+
 def install_packages(session: nox.Session, package: str, extra: str | None = "test") -> None:
     closure = sibling_closure(package)
     siblings = [str(PACKAGES_DIR / name) for name in closure[:-1]]
     target = str(PACKAGES_DIR / package) + (f"[{extra}]" if extra else "")
-    session.install("-c", str(CONSTRAINTS), *siblings, target)
+    install(session, *siblings, target)
 
 
 @nox.session
@@ -84,7 +102,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every package's source, all packages installed together."""
-    session.install("-c", str(CONSTRAINTS), *TYPE_TOOLS, *[f"{PACKAGES_DIR / name}[test]" for name in PACKAGES])
+    install(session, *TYPE_TOOLS, *[f"{PACKAGES_DIR / name}[test]" for name in PACKAGES])
     session.run("mypy", *[str(PACKAGES_DIR / name / "src") for name in PACKAGES])
 
 
@@ -100,6 +118,19 @@ def demo(session: nox.Session) -> None:
 # Each script prints a table and writes JSON under benchmarks/results/.
 BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "core": (["packages/dg-core[parquet]"], "benchmarks/core/trajectory_io.py"),
+    "rl": (["packages/dg-core", "packages/dg-rl[bench]"], "benchmarks/rl/grpo_throughput.py"),
+    "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
+    "expmodel": (
+        ["packages/dg-core", "packages/dg-replay", "packages/dg-expmodel[train]"],
+        "benchmarks/expmodel/run.py",
+    ),
+    "expmodel-textworld": (
+        ["packages/dg-core", "packages/dg-replay", "packages/dg-envs[textworld]", "packages/dg-expmodel[train,audit]"],
+        "benchmarks/expmodel/textworld_fidelity.py",
+    ),
+    "replay": (["packages/dg-core", "packages/dg-replay[bench]"], "benchmarks/replay/run.py"),
+    "envs-web": (["packages/dg-core", "packages/dg-envs[web,miniwob]"], "benchmarks/envs/web_envs.py"),
+    "envs-text": (["packages/dg-core", "packages/dg-envs[textworld,alfworld]"], "benchmarks/envs/text_envs.py"),
 }
 
 
@@ -110,5 +141,5 @@ def bench(session: nox.Session) -> None:
     if suite not in BENCH_SUITES:
         session.error(f"unknown benchmark suite {suite!r}; available: {', '.join(sorted(BENCH_SUITES))}")
     targets, script = BENCH_SUITES[suite]
-    session.install("-c", str(CONSTRAINTS), *[str(ROOT / target) for target in targets])
+    install(session, *[str(ROOT / target) for target in targets])
     session.run("python", str(ROOT / script), *script_args)

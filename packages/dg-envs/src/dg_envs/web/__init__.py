@@ -1,0 +1,44 @@
+"""Web environments behind the dg ``Env`` contract, on Debian Chromium.
+
+- :class:`WebArenaEnv` — WebArena and open-ended site tasks through BrowserGym, with compacted AXTree
+  states, string actions and per-task allowed hosts (``pip install "dg-envs[web]"``; WebArena's own
+  tasks also need ``"dg-envs[webarena]"`` and the sites).
+- :class:`MiniWoBEnv` — MiniWoB++ tasks (``pip install "dg-envs[miniwob]"``), with
+  :class:`MiniWoBExpert`, a scripted expert for a handful of tasks.
+- :class:`DemoShop` — a small shop served on 127.0.0.1 to exercise the adapters for real.
+"""
+
+from dg_envs.web._actions import WEB_ACTIONS, ActionParseError, WebAction, host_allowed, parse_web_action
+from dg_envs.web._axtree import IRREVERSIBLE_PATTERN, CompactTree, compact_axtree, estimate_tokens
+from dg_envs.web._browser import browser_processes, chromium_paths
+from dg_envs.web._miniwob import MINIWOB_TEXT_INPUTS, MiniWoBEnv, miniwob_task
+from dg_envs.web._miniwob_expert import EXPERT_TASKS, MiniWoBExpert
+from dg_envs.web._site import DemoShop
+from dg_envs.web._tasks import WEBARENA_SITES, demo_shop_tasks, site_task, webarena_site_urls, webarena_tasks
+from dg_envs.web._webarena import WebArenaEnv
+
+__all__ = [
+    "EXPERT_TASKS",
+    "IRREVERSIBLE_PATTERN",
+    "MINIWOB_TEXT_INPUTS",
+    "WEBARENA_SITES",
+    "WEB_ACTIONS",
+    "ActionParseError",
+    "CompactTree",
+    "DemoShop",
+    "MiniWoBEnv",
+    "MiniWoBExpert",
+    "WebAction",
+    "WebArenaEnv",
+    "browser_processes",
+    "chromium_paths",
+    "compact_axtree",
+    "demo_shop_tasks",
+    "estimate_tokens",
+    "host_allowed",
+    "miniwob_task",
+    "parse_web_action",
+    "site_task",
+    "webarena_site_urls",
+    "webarena_tasks",
+]
