@@ -1,8 +1,84 @@
-"""dg-rl: dg reinforcement learning: policies, rollout engine, GRPO / PPO losses and Lightning modules.
+"""dg-rl: policies, rollout engine, GRPO / PPO losses and Lightning modules for multi-turn LLM agents.
 
-This distribution is installable now and is filled in by issue 9.
+Trains against any dg-core :class:`~dg_core.Env` or :class:`~dg_core.BatchedEnv`, real or synthetic;
+never imports dg-expmodel.
 """
+
+from dg_rl._batch import RolloutBatch, build_batch, packed_rows, scatter_units, stats_keys
+from dg_rl._data import RolloutDataModule
+from dg_rl._lightning import GRPOModule, PPOModule, frozen_reference
+from dg_rl._lora import apply_lora
+from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
+from dg_rl._models import (
+    EOS_TOKEN,
+    PAD_TOKEN,
+    load_causal_lm,
+    load_tokenizer,
+    save_model,
+    tiny_causal_lm,
+    train_bpe_tokenizer,
+)
+from dg_rl._policy import ActionMode, Decision, LMPolicy, ScoreReduction
+from dg_rl._prompt import PromptFormat, parse_action
+from dg_rl._rollout import EpisodeRecord, RolloutEngine, Rollouts, RolloutStats, TurnRecord
+from dg_rl._scoring import (
+    CompletionScores,
+    PackedRows,
+    pack_rows,
+    reduce_scores,
+    sample_completions,
+    score_completions,
+)
+from dg_rl._sft import behaviour_cloning, demonstrations
+from dg_rl._units import UnitScores, score_units
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "ActionMode",
+    "Aggregation",
+    "CompletionScores",
+    "Decision",
+    "EpisodeRecord",
+    "GRPOLoss",
+    "GRPOModule",
+    "LMPolicy",
+    "PPOLoss",
+    "PPOModule",
+    "PackedRows",
+    "PromptFormat",
+    "RolloutBatch",
+    "RolloutDataModule",
+    "RolloutEngine",
+    "RolloutStats",
+    "Rollouts",
+    "ScoreReduction",
+    "TurnRecord",
+    "UnitScores",
+    "__version__",
+    "aggregate",
+    "apply_lora",
+    "behaviour_cloning",
+    "build_batch",
+    "demonstrations",
+    "frozen_reference",
+    "gae",
+    "group_advantages",
+    "kl_k3",
+    "load_causal_lm",
+    "load_tokenizer",
+    "pack_rows",
+    "packed_rows",
+    "parse_action",
+    "reduce_scores",
+    "sample_completions",
+    "save_model",
+    "scatter_units",
+    "score_completions",
+    "score_units",
+    "stats_keys",
+    "tiny_causal_lm",
+    "train_bpe_tokenizer",
+]

@@ -1,0 +1,206 @@
+"""Exact log-probabilities of completions under a causal LM, and sampling with a KV cache.
+
+Both take token ids and return per-token values aligned to the completion, so the ids a policy
+produced reach the loss unchanged: nothing is decoded and re-tokenized on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CompletionScores", "PackedRows", "pack_rows", "reduce_scores", "sample_completions", "score_completions"]
+
+
+@dataclass
+class CompletionScores:
+    """Per-token values of a batch of completions, right-padded to the longest completion."""
+
+    logprobs: Tensor
+    """``[rows, completion_len]`` log-probability of each completion token."""
+    mask: Tensor
+    """``[rows, completion_len]`` 1.0 on real completion tokens, 0.0 on padding."""
+    entropy: Tensor | None
+    """``[rows, completion_len]`` entropy of the next-token distribution, when asked for."""
+    prompt_hidden: Tensor | None
+    """``[rows, hidden]`` last-layer hidden state at the last prompt token, when asked for."""
+
+
+@dataclass
+class PackedRows:
+    """``prompt + completion`` rows with each distinct prompt stored (and run through the model) once."""
+
+    prompt_ids: Tensor
+    """``[prompts, prompt_width]`` distinct prompts, right-padded."""
+    prompt_mask: Tensor
+    """``[prompts, prompt_width]`` 1 on real prompt tokens."""
+    row_prompt: Tensor
+    """``[rows]`` index of each row's prompt."""
+    completion_ids: Tensor
+    """``[rows, completion_width]`` completions, right-padded."""
+    completion_lengths: Tensor
+    """``[rows]`` number of completion tokens of each row."""
+
+    def tokens(self) -> int:
+        """Prompt plus completion tokens over all rows (a prompt counts once per row that reads it)."""
+        return int((self.prompt_mask.sum(1)[self.row_prompt] + self.completion_lengths).sum())
+
+
+def pack_rows(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_id: int, device: torch.device
+) -> PackedRows:
+    """Pack ``prompt + completion`` rows, storing each distinct prompt once (rows of a group share it)."""
+    index: dict[tuple[int, ...], int] = {}
+    row_prompt = [index.setdefault(tuple(prompt), len(index)) for prompt in prompts]
+    distinct = list(index)
+    prompt_width = max(len(p) for p in distinct)
+    prompt_ids = torch.full((len(distinct), prompt_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, prompt in enumerate(distinct):
+        if not prompt:
+            raise ValueError("every row needs at least one prompt token")
+        # Right padding: with left padding the pad positions would attend to nothing, and their
+        # (unused) outputs would send NaN gradients into the weights.
+        prompt_ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[row, : len(prompt)] = 1
+    completion_width = max(1, max(len(c) for c in completions))
+    completion_ids = torch.full((len(completions), completion_width), pad_id, dtype=torch.long)
+    for row, completion in enumerate(completions):
+        completion_ids[row, : len(completion)] = torch.tensor(list(completion), dtype=torch.long)
+    return PackedRows(
+        prompt_ids=prompt_ids.to(device),
+        prompt_mask=prompt_mask.to(device),
+        row_prompt=torch.tensor(row_prompt, dtype=torch.long, device=device),
+        completion_ids=completion_ids.to(device),
+        completion_lengths=torch.tensor([len(c) for c in completions], dtype=torch.long, device=device),
+    )
+
+
+def score_completions(
+    model: nn.Module,
+    rows: PackedRows,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_prompt_hidden: bool = False,
+) -> CompletionScores:
+    """Log-probabilities of the completion tokens of packed rows, reading each distinct prompt once.
+
+    The prompts run first with a KV cache, which every row of a prompt shares; the completions run on top
+    of it. Only the logits at each prompt's last token (which predict the first policy token) are read:
+    prompt tokens are never targets, so they never carry loss. Gradients flow through the shared prompt
+    states.
+
+    Args:
+        model: A causal LM taking ``past_key_values`` and ``logits_to_keep``.
+        rows: From :func:`pack_rows`.
+        temperature: Logits are divided by it (the sampling distribution of the policy).
+        with_entropy: Also return the entropy of each next-token distribution.
+        with_prompt_hidden: Also return the last-layer hidden state at each row's last prompt token.
+    """
+    lengths = rows.prompt_mask.sum(1)
+    last = lengths - 1
+    prefix = model(
+        input_ids=rows.prompt_ids,
+        attention_mask=rows.prompt_mask,
+        use_cache=True,
+        output_hidden_states=with_prompt_hidden,
+    )
+    distinct = torch.arange(rows.prompt_ids.shape[0], device=rows.prompt_ids.device)
+    cache = prefix.past_key_values
+    cache.batch_select_indices(rows.row_prompt)  # one copy of its prompt's keys / values per row
+    width = rows.completion_ids.shape[1]
+    offsets = torch.arange(width, device=rows.completion_ids.device)
+    mask = (offsets.unsqueeze(0) < rows.completion_lengths.unsqueeze(1)).float()
+    first_logits = prefix.logits[distinct, last][rows.row_prompt].unsqueeze(1)
+    if width > 1:
+        attention = torch.cat([rows.prompt_mask[rows.row_prompt], mask.long()], dim=1)
+        completion = model(
+            input_ids=rows.completion_ids[:, :-1],
+            attention_mask=attention[:, :-1],
+            position_ids=lengths[rows.row_prompt].unsqueeze(1) + offsets[:-1].unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = torch.cat([first_logits, completion.logits], dim=1)
+    else:
+        logits = first_logits
+    log_dist = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = log_dist.gather(-1, rows.completion_ids.unsqueeze(-1)).squeeze(-1) * mask
+    entropy = None
+    if with_entropy:
+        entropy = -(log_dist.exp() * log_dist).sum(-1) * mask
+    prompt_hidden = None
+    if with_prompt_hidden:
+        prompt_hidden = prefix.hidden_states[-1][distinct, last][rows.row_prompt]
+    return CompletionScores(logprobs=logprobs, mask=mask, entropy=entropy, prompt_hidden=prompt_hidden)
+
+
+def reduce_scores(logprobs: Tensor, lengths: Tensor, reduction: str) -> Tensor:
+    """Per-row action score from masked token log-probs: their ``"sum"`` or their ``"mean"``."""
+    total = logprobs.sum(1)
+    if reduction == "sum":
+        return total
+    return total / lengths.clamp(min=1).to(total.dtype)
+
+
+@torch.no_grad()
+def sample_completions(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    *,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Sample completions token by token with a KV cache, from the full softmax (no top-k / top-p).
+
+    Each row stops at ``eos_id`` (kept as its last token) or after its own ``max_new_tokens``.
+
+    Returns:
+        The sampled ids of each row and the log-probability of each sampled token.
+    """
+    device = next(model.parameters()).device
+    rows = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the end
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        attention[row, width - len(prompt) :] = 1
+    ids, attention = ids.to(device), attention.to(device)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    limits = torch.tensor(list(max_new_tokens), device=device)
+    running = limits > 0
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    past = None
+    step_ids, step_positions = ids, positions
+    for step in range(int(limits.max().item()) if rows else 0):
+        outputs = model(
+            input_ids=step_ids,
+            attention_mask=attention,
+            position_ids=step_positions,
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = outputs.past_key_values
+        log_dist = torch.log_softmax(outputs.logits[:, -1].float() / temperature, dim=-1)
+        # Sampled on the CPU so one seeded CPU generator serves every device.
+        chosen = torch.multinomial(log_dist.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
+        chosen_logprob = log_dist.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        for row in torch.nonzero(running).flatten().tolist():
+            tokens[row].append(int(chosen[row]))
+            logprobs[row].append(float(chosen_logprob[row]))
+        running = running & (chosen != eos_id) & (limits > step + 1)
+        if not bool(running.any()):
+            break
+        step_ids = torch.where(running, chosen, torch.full_like(chosen, pad_id)).unsqueeze(1)
+        attention = torch.cat([attention, running.long().unsqueeze(1)], dim=1)
+        step_positions = step_positions[:, -1:] + 1
+    return tokens, logprobs
