@@ -51,13 +51,17 @@ def collect(tasks: list, episodes_per_task: int, seed: int) -> list[Trajectory]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small suite, 2 epochs")
+    parser.add_argument("--games", type=int, default=None, help="games in the suite (all splits)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--open-loop", type=int, default=None, help="held-out episodes replayed open loop")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     output = args.output or RESULTS / ("textworld_fidelity_quick" if args.quick else "textworld_fidelity")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    count = 16 if args.quick else 48
+    count = args.games or (16 if args.quick else 48)
     settings = {"world_size": 3, "nb_objects": 4, "quest_length": 2}
     suite = textworld_tasks("custom", count=count, seed=7, settings=settings)
     train_tasks = [t for t in suite if t.split == "train"]
@@ -83,7 +87,7 @@ def main() -> None:
         tokenizer,
         examples,
         output_dir=output / "expmodel",
-        max_epochs=2 if args.quick else 12,
+        max_epochs=args.epochs or (2 if args.quick else 12),
         batch_size=8,
         learning_rate=2e-3,
         max_length=2048,
@@ -102,7 +106,7 @@ def main() -> None:
         retriever=ReplayRetriever(buffer),
         encoder=HashingEncoder(dim=384),
         options=options,
-        open_loop_episodes=3 if args.quick else 12,
+        open_loop_episodes=args.open_loop if args.open_loop is not None else (3 if args.quick else 12),
         output_dir=output,
         permutations=100,
         progress=False,
