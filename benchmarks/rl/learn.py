@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.01)
     parser.add_argument("--sft-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--output", type=Path, default=None, help="JSON report path (default results/rl_learn_<env>.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="lightning")
@@ -236,7 +239,8 @@ def main() -> None:
         "held_out_tasks": len(test_tasks),
         "train_tasks": len(train_tasks),
     }
-    (RESULTS / f"rl_learn_{args.env}.json").write_text(json.dumps(report, indent=1))
+    output = args.output or RESULTS / f"rl_learn_{args.env}.json"
+    output.write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":
