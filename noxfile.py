@@ -46,19 +46,24 @@ def _requirement_name(requirement: str) -> str:
 
 
 def sibling_closure(package: str) -> list[str]:
-    """The dg packages ``package`` depends on, directly or not (from the pyproject files), itself last."""
+    """The dg packages ``package`` needs, itself last: its dependencies and the dg packages its extras name
+    (a test extra may bring a sibling from lower in the graph), and their dependencies in turn."""
     seen: list[str] = []
 
-    def visit(name: str) -> None:
-        data = tomllib.loads((PACKAGES_DIR / name / "pyproject.toml").read_text())
-        for requirement in data["project"].get("dependencies", []):
+    def visit(name: str, with_extras: bool) -> None:
+        project = tomllib.loads((PACKAGES_DIR / name / "pyproject.toml").read_text())["project"]
+        requirements = list(project.get("dependencies", []))
+        if with_extras:
+            for extra in project.get("optional-dependencies", {}).values():
+                requirements += extra
+        for requirement in requirements:
             dependency = _requirement_name(requirement)
-            if dependency in PACKAGES and dependency not in seen:
-                visit(dependency)
+            if dependency in PACKAGES and dependency != name and dependency not in seen:
+                visit(dependency, with_extras=False)
         if name not in seen:
             seen.append(name)
 
-    visit(package)
+    visit(package, with_extras=True)
     return seen
 
 
