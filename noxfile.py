@@ -126,7 +126,7 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "rl": (["packages/dg-core", "packages/dg-rl[bench]"], "benchmarks/rl/grpo_throughput.py"),
     "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
     "expmodel": (
-        ["packages/dg-core", "packages/dg-replay", "packages/dg-expmodel[train]"],
+        ["packages/dg-core", "packages/dg-replay", "packages/dg-envs[textworld,web]", "packages/dg-expmodel[train]"],
         "benchmarks/expmodel/run.py",
     ),
     "expmodel-textworld": (
