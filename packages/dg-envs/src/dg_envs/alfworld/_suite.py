@@ -8,14 +8,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from dg_core import ConfigError, Task
+from dg_envs._splits import SplitName, split_at, unit_interval
 from dg_envs.alfworld._problems import TASK_TYPES, alfworld_module, make_problem, write_game
 
 __all__ = ["GENERATOR_VERSION", "AlfWorldGames", "alfworld_tasks", "default_cache_dir", "load_alfworld_games"]
 
-SplitName = Literal["train", "validation", "test"]
 ENV_ID = "alfworld"
 GENERATOR_VERSION = 1
 """Bumped whenever :func:`make_problem` changes what it writes (part of the cache key)."""
@@ -28,16 +27,8 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "dg") / "alfworld"
 
 
-def _unit_interval(*parts: object) -> float:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def _split_of(task_type: str, seed: int, fractions: tuple[float, float, float]) -> SplitName:
-    position = _unit_interval("alfworld-split", task_type, seed)
-    if position < fractions[0]:
-        return "train"
-    return "validation" if position < fractions[0] + fractions[1] else "test"
+    return split_at(unit_interval("alfworld-split", task_type, seed), fractions)
 
 
 def generated_game(task_type: str, seed: int, cache_dir: str | Path | None = None) -> Path:

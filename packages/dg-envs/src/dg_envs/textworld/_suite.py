@@ -6,35 +6,24 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from dg_core import ConfigError, Task
+from dg_envs._splits import SplitName, split_at, unit_interval
 from dg_envs.textworld._games import GameSpec, build_game, textworld_module
 
 __all__ = ["GameFolder", "game_split", "load_game_folder", "textworld_tasks"]
 
-SplitName = Literal["train", "validation", "test"]
 ENV_ID = "textworld"
 GAME_SUFFIXES = (".z8", ".ulx")
 
 
-def _unit_interval(*parts: object) -> float:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def game_split(suite_seed: int, index: int, fractions: tuple[float, float, float]) -> SplitName:
     """The split of game ``index`` of a suite: a hash of (suite seed, index), so it never moves as a suite grows."""
-    position = _unit_interval("split", suite_seed, index)
-    if position < fractions[0]:
-        return "train"
-    if position < fractions[0] + fractions[1]:
-        return "validation"
-    return "test"
+    return split_at(unit_interval("split", suite_seed, index), fractions)
 
 
 def _game_seed(suite_seed: int, index: int) -> int:
-    return int(_unit_interval("game", suite_seed, index) * (2**31 - 1))
+    return int(unit_interval("game", suite_seed, index) * (2**31 - 1))
 
 
 def _objective(metadata_file: Path) -> str:
