@@ -8,11 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import Tensor, nn
 
 __all__ = ["CompletionScores", "PackedRows", "pack_rows", "reduce_scores", "sample_completions", "score_completions"]
+
+
+@cache
+def _cache_keyword() -> str:
+    """The forward keyword that carries the KV cache: ``cache`` from transformers 5.24, before it ``past_key_values``."""
+    return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
+
+
+def _with_cache(past: Any) -> dict[str, Any]:
+    """Forward keyword arguments that hand ``past`` (a cache object or ``None``) to the model."""
+    return {_cache_keyword(): past, "use_cache": True}
+
+
+def _cache_of(outputs: Any) -> Any:
+    """The KV cache a forward pass returned, whichever name this transformers version gives it."""
+    return getattr(outputs, _cache_keyword())
 
 
 @dataclass
@@ -95,7 +115,7 @@ def score_completions(
     states.
 
     Args:
-        model: A causal LM taking ``past_key_values`` and ``logits_to_keep``.
+        model: A causal LM that takes and returns a KV cache (``cache`` / ``past_key_values``).
         rows: From :func:`pack_rows`.
         temperature: Logits are divided by it (the sampling distribution of the policy).
         with_entropy: Also return the entropy of each next-token distribution.
@@ -110,8 +130,8 @@ def score_completions(
         output_hidden_states=with_prompt_hidden,
     )
     distinct = torch.arange(rows.prompt_ids.shape[0], device=rows.prompt_ids.device)
-    cache = prefix.past_key_values
-    cache.batch_select_indices(rows.row_prompt)  # one copy of its prompt's keys / values per row
+    kv_cache = _cache_of(prefix)
+    kv_cache.batch_select_indices(rows.row_prompt)  # one copy of its prompt's keys / values per row
     width = rows.completion_ids.shape[1]
     offsets = torch.arange(width, device=rows.completion_ids.device)
     mask = (offsets.unsqueeze(0) < rows.completion_lengths.unsqueeze(1)).float()
@@ -122,8 +142,7 @@ def score_completions(
             input_ids=rows.completion_ids[:, :-1],
             attention_mask=attention[:, :-1],
             position_ids=lengths[rows.row_prompt].unsqueeze(1) + offsets[:-1].unsqueeze(0),
-            past_key_values=cache,
-            use_cache=True,
+            **_with_cache(kv_cache),
         )
         logits = torch.cat([first_logits, completion.logits], dim=1)
     else:
@@ -186,10 +205,9 @@ def sample_completions(
             input_ids=step_ids,
             attention_mask=attention,
             position_ids=step_positions,
-            past_key_values=past,
-            use_cache=True,
+            **_with_cache(past),
         )
-        past = outputs.past_key_values
+        past = _cache_of(outputs)
         log_dist = torch.log_softmax(outputs.logits[:, -1].float() / temperature, dim=-1)
         # Sampled on the CPU so one seeded CPU generator serves every device.
         chosen = torch.multinomial(log_dist.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
