@@ -21,7 +21,7 @@ __all__ = ["CompletionScores", "PackedRows", "pack_rows", "reduce_scores", "samp
 
 @cache
 def _cache_keyword() -> str:
-    """The forward keyword that carries the KV cache: ``cache`` from transformers 5.24, before it ``past_key_values``."""
+    """The forward keyword of the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
     return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 
 
