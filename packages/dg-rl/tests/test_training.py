@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dg_core import EnvPool
+from dg_core import ConfigError, EnvPool, Task
 from dg_core.testing import ScriptedEnv
 from dg_rl import (
     GRPOLoss,
@@ -19,6 +19,7 @@ from dg_rl import (
     PPOModule,
     RolloutDataModule,
     RolloutEngine,
+    TaskSource,
     load_causal_lm,
     load_tokenizer,
     save_model,
@@ -141,3 +142,48 @@ def test_save_and_load_policy_model(make_policy: Callable[..., LMPolicy], tmp_pa
     text = "Task: Find the red key and take it."
     assert tokenizer(text)["input_ids"] == policy.tokenizer(text)["input_ids"]
     assert torch.equal(params(model), params(policy.model))
+
+
+class RecordingSource:
+    """A minimal curriculum: hands out fixed task pairs in turn and records what it hears back."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
+        self.asked: list[int] = []
+        self.reports: dict[str, list[list[float]]] = {}
+
+    def next_batch(self, size: int) -> list[Task]:
+        start = (len(self.asked) * size) % len(self.tasks)
+        self.asked.append(size)
+        return [self.tasks[(start + i) % len(self.tasks)] for i in range(size)]
+
+    def report(self, task_id: str, group_rewards: Sequence[float]) -> float:
+        self.reports.setdefault(task_id, []).append(list(group_rewards))
+        return 0.0
+
+
+def test_task_source_picks_tasks_and_hears_group_returns(make_policy: Callable[..., LMPolicy]) -> None:
+    policy = make_policy("choose")
+    tasks = corridor_tasks(4)
+    source = RecordingSource(tasks)
+    assert isinstance(source, TaskSource)
+    seen: list[int] = []
+    engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=3, max_episode_tokens=64)
+    data = RolloutDataModule(
+        engine, tasks_per_step=2, task_source=source, on_batch=lambda r: seen.append(len(r.episodes))
+    )
+    first = data.next_batch()
+    second = data.next_batch()
+    assert source.asked == [2, 2]
+    assert seen == [6, 6]  # 2 tasks x 3 episodes per batch
+    assert sorted(source.reports) == sorted(t.id for t in tasks)  # batch 1: t0, t1; batch 2: t2, t3
+    for groups in source.reports.values():
+        assert len(groups) == 1 and len(groups[0]) == 3
+        assert all(value in (0.0, 1.0) for value in groups[0])
+    assert int(first["batch_id"]) == 0 and int(second["batch_id"]) == 1
+
+
+def test_data_module_without_tasks_or_source_is_refused(make_policy: Callable[..., LMPolicy]) -> None:
+    engine = RolloutEngine(make_policy("choose"), EnvPool(lambda: ScriptedEnv(max_steps=4)))
+    with pytest.raises(ConfigError, match="task_source"):
+        RolloutDataModule(engine)

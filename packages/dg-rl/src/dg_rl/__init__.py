@@ -5,7 +5,7 @@ never imports dg-expmodel.
 """
 
 from dg_rl._batch import RolloutBatch, build_batch, packed_rows, scatter_units, stats_keys
-from dg_rl._data import RolloutDataModule
+from dg_rl._data import RolloutDataModule, TaskSource
 from dg_rl._lightning import GRPOModule, PPOModule, frozen_reference
 from dg_rl._lora import apply_lora
 from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
@@ -55,6 +55,7 @@ __all__ = [
     "RolloutStats",
     "Rollouts",
     "ScoreReduction",
+    "TaskSource",
     "TurnRecord",
     "UnitScores",
     "__version__",

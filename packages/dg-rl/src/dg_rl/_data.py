@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -12,9 +12,25 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from dg_core import ConfigError, Task
 from dg_rl._batch import RolloutBatch, build_batch
-from dg_rl._rollout import RolloutEngine, RolloutStats
+from dg_rl._rollout import RolloutEngine, Rollouts, RolloutStats
 
-__all__ = ["RolloutDataModule"]
+__all__ = ["RolloutDataModule", "TaskSource"]
+
+
+@runtime_checkable
+class TaskSource(Protocol):
+    """Where a curriculum plugs in: it picks each batch's tasks and hears back each task's group rewards.
+
+    dg-curriculum's ``Curriculum`` is one (dg-rl does not import it).
+    """
+
+    def next_batch(self, size: int) -> list[Task]:
+        """The ``size`` tasks to roll out next."""
+        ...
+
+    def report(self, task_id: str, group_rewards: Sequence[float]) -> float:
+        """The returns of one task's group of episodes."""
+        ...
 
 
 class _RolloutStream(IterableDataset[RolloutBatch]):
@@ -37,24 +53,29 @@ class RolloutDataModule(L.LightningDataModule):
 
     Args:
         engine: The rollout engine (its policy wraps the model being trained).
-        tasks: Training tasks, drawn uniformly per step.
+        tasks: Training tasks, drawn uniformly per step (ignored when ``task_source`` is given).
         tasks_per_step: Tasks per rank per batch.
         updates_per_batch: Optimiser steps taken on each collected batch (ratios move off 1 after the first).
         seed: Seed of the task draw and of the episodes of tasks without their own seed.
+        task_source: A curriculum that picks the tasks of every batch and receives each task's group returns
+            after collection. Under DDP each rank asks its own source (the draw is not shared).
+        on_batch: Called with each collected batch's rollouts (for counters, logs, replay writes).
     """
 
     def __init__(
         self,
         engine: RolloutEngine,
-        tasks: Sequence[Task],
+        tasks: Sequence[Task] = (),
         *,
         tasks_per_step: int = 4,
         updates_per_batch: int = 1,
         seed: int = 0,
+        task_source: TaskSource | None = None,
+        on_batch: Callable[[Rollouts], object] | None = None,
     ) -> None:
         super().__init__()
-        if not tasks:
-            raise ConfigError("RolloutDataModule needs at least one task")
+        if not tasks and task_source is None:
+            raise ConfigError("RolloutDataModule needs at least one task (or a task_source)")
         if tasks_per_step < 1 or updates_per_batch < 1:
             raise ConfigError("tasks_per_step and updates_per_batch must be >= 1")
         self.engine = engine
@@ -62,6 +83,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.tasks_per_step = tasks_per_step
         self.updates_per_batch = updates_per_batch
         self.seed = seed
+        self.task_source = task_source
+        self.on_batch = on_batch
         self.step = 0
         self.consumed = 0
         self.last_stats: RolloutStats | None = None
@@ -74,6 +97,8 @@ class RolloutDataModule(L.LightningDataModule):
 
     def draw_tasks(self, step: int) -> list[Task]:
         """This rank's tasks for ``step``."""
+        if self.task_source is not None:
+            return list(self.task_source.next_batch(self.tasks_per_step))
         rank, world = self._rank()
         rng = random.Random(f"{self.seed}-{step}")
         needed = self.tasks_per_step * world
@@ -88,6 +113,13 @@ class RolloutDataModule(L.LightningDataModule):
         tasks = self.draw_tasks(self.step)
         policy = self.engine.policy
         rollouts = self.engine.collect(tasks, seed=self.seed * 1_000_003 + self.step * 1_009)
+        if self.task_source is not None:
+            size = rollouts.group_size
+            for start in range(0, len(rollouts.episodes), size):
+                group = rollouts.episodes[start : start + size]
+                self.task_source.report(group[0].task.id, [episode.episode_return for episode in group])
+        if self.on_batch is not None:
+            self.on_batch(rollouts)
         batch = build_batch(rollouts, mode=policy.mode, pad_id=policy.pad_id)
         batch["batch_id"] = torch.tensor(self.step, dtype=torch.long)
         self.last_stats = rollouts.stats
