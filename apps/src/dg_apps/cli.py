@@ -1,0 +1,225 @@
+"""The ``dg`` command.
+
+    dg collect         [--config FILE] [--set KEY=VALUE ...] [--output DIR]
+    dg expmodel fit    ...
+    dg expmodel audit  ...
+    dg train           ...
+    dg s2r             ...
+    dg eval            ...
+    dg demo            [--quick] [--output DIR]
+    dg resume DIR      continue (or repeat) the run in DIR with the config it was started with
+    dg configs         list the configs shipped with dg (usable by name: --config demo-quick)
+    dg envs            list the registered environments
+
+Every command writes one run directory (see ``dg_apps.rundir``). Config errors name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from dg_apps.config import (
+    AuditConfig,
+    CollectConfig,
+    DemoConfig,
+    EvalConfig,
+    FitConfig,
+    S2RConfig,
+    TrainConfig,
+    load_config,
+)
+from dg_apps.rundir import RunDir, default_run_dir
+from dg_core import ConfigError, DGError
+
+__all__ = ["COMMANDS", "config_path", "main", "shipped_configs"]
+
+
+def _collect(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.commands import run_collect
+
+    return run_collect(config, run, progress=progress)
+
+
+def _fit(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.commands import run_fit
+
+    return run_fit(config, run, progress=progress)
+
+
+def _audit(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.commands import run_audit
+
+    return run_audit(config, run, progress=progress)
+
+
+def _train(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.training import run_train
+
+    return run_train(config, run, progress=progress)
+
+
+def _s2r(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.commands import run_s2r
+
+    return run_s2r(config, run, progress=progress)
+
+
+def _eval(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.evaluation import run_eval
+
+    return run_eval(config, run, progress=progress)
+
+
+def _demo(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
+    from dg_apps.demo import run_demo
+
+    return run_demo(config, run, progress=progress)
+
+
+Runner = Callable[[Any, RunDir, bool], dict[str, Any]]
+
+COMMANDS: dict[str, tuple[type[BaseModel], Runner, str]] = {
+    "collect": (CollectConfig, _collect, "offline trajectories from a real env (expert / random / noisy / checkpoint)"),
+    "expmodel fit": (FitConfig, _fit, "seed the replay buffer, annotate, fine-tune the experience model"),
+    "expmodel audit": (AuditConfig, _audit, "fidelity report: eps_R, eps_P, hallucination, open loop, ablations"),
+    "train": (TrainConfig, _train, "GRPO / PPO in the synthetic env (or the real one: where=real)"),
+    "s2r": (S2RConfig, _s2r, "synthetic phase, then a real phase with a budget of real transitions"),
+    "eval": (EvalConfig, _eval, "a checkpoint or baseline on a panel of real tasks, several seeds"),
+    "demo": (DemoConfig, _demo, "the DreamGym loop on TextWorld end to end (tiny models, CPU)"),
+}
+
+
+def _configs_root() -> Path:
+    packaged = resources.files("dg_apps") / "configs"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "configs"  # a source checkout
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Configs shipped with dg, by name (``demo``, ``demo-quick``, ``gpu/train-synthetic``...)."""
+    root = _configs_root()
+    return {str(path.relative_to(root).with_suffix("")): path for path in sorted(root.rglob("*.yaml"))}
+
+
+def config_path(value: str) -> Path:
+    """A config file path, or the path of a shipped config named ``value``."""
+    path = Path(value)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    if value in shipped:
+        return shipped[value]
+    raise ConfigError(f"--config {value!r}: no such file, and no shipped config of that name ({', '.join(shipped)})")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file, or the name of a shipped config (see `dg configs`)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key"
+    )
+    parser.add_argument("--output", type=Path, help="run directory (default runs/<command>-<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dg``."""
+    parser = argparse.ArgumentParser(
+        prog="dg", description="dg (DreamGym): RL for LLM agents on synthesized experience."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("collect", "train", "s2r", "eval"):
+        _add_run_options(sub.add_parser(name, help=COMMANDS[name][2], description=COMMANDS[name][2]))
+    expmodel = sub.add_parser("expmodel", help="experience model: fit | audit")
+    expmodel_sub = expmodel.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in ("fit", "audit"):
+        help_text = COMMANDS[f"expmodel {action}"][2]
+        _add_run_options(expmodel_sub.add_parser(action, help=help_text, description=help_text))
+    demo = sub.add_parser("demo", help=COMMANDS["demo"][2], description=COMMANDS["demo"][2])
+    _add_run_options(demo)
+    demo.add_argument("--quick", action="store_true", help="a small, fast variant (a couple of minutes)")
+    resume = sub.add_parser("resume", help="continue the run in a directory with its own config")
+    resume.add_argument("directory", type=Path)
+    resume.add_argument("--no-progress", action="store_true")
+    sub.add_parser("configs", help="list the shipped configs")
+    sub.add_parser("envs", help="list the registered environments")
+    return parser
+
+
+def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> dict[str, Any]:
+    _, runner, _ = COMMANDS[command]
+    run = RunDir.start(output, command, config)
+    if run.done:
+        print(f"dg {command}: {output} already holds this finished run; its summary:\n")
+        print((output / "summary.md").read_text())
+        return run.metrics()
+    print(f"dg {command}: run directory {output}" + (" (resuming)" if run.resumed else ""), flush=True)
+    try:
+        metrics = runner(config, run, progress)
+    except BaseException:
+        run.finish("failed")
+        raise
+    run.finish()
+    print()
+    print((output / "summary.md").read_text())
+    return metrics
+
+
+def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Parse ``argv`` and run the command; raises dg errors (``main`` turns them into messages)."""
+    args = build_parser().parse_args(argv)
+    progress = not args.no_progress
+    if args.command == "configs":
+        for name, path in shipped_configs().items():
+            print(f"{name:28} {path}")
+        return None
+    if args.command == "envs":
+        from dg_core import list_envs
+
+        print("\n".join(list_envs()))
+        return None
+    if args.command == "resume":
+        meta = RunDir.read_meta(args.directory)
+        command = str(meta["command"])
+        if command not in COMMANDS:
+            raise ConfigError(f"{args.directory}: unknown command {command!r} in run.json")
+        model = COMMANDS[command][0]
+        config = load_config(model, args.directory / "config.yaml")
+        return _execute(command, config, args.directory, progress)
+    command = f"expmodel {args.action}" if args.command == "expmodel" else args.command
+    model = COMMANDS[command][0]
+    source = args.config
+    if command == "demo" and source is None:
+        source = "demo-quick" if args.quick else "demo"
+    config = load_config(model, config_path(source) if source else None, args.overrides)
+    output = args.output
+    if output is None:
+        output = Path("runs") / ("demo-quick" if args.quick else "demo") if command == "demo" else default_run_dir(command)
+    return _execute(command, config, output, progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dg``: exit 0 on success, 2 with a one-paragraph message on a dg error."""
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        run_command(argv)
+    except (DGError, ConfigError) as error:
+        print(f"dg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dg: interrupted; run the same command again (or `dg resume DIR`) to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""Typed run configurations: YAML in, validated models out, every error naming its key.
+
+Each command has one model (``CollectConfig``, ``TrainConfig``...). A YAML file gives any subset of its keys;
+``--set key.sub=value`` overrides single keys; the resolved config is written to the run directory, so a run
+can be repeated from it. Unknown keys are refused with the keys that are allowed; bad values name the key and
+the accepted values.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dg_core import ConfigError
+
+__all__ = [
+    "AlgorithmConfig",
+    "AuditConfig",
+    "CollectConfig",
+    "CurriculumConfig",
+    "DemoConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "ExpModelConfig",
+    "FitConfig",
+    "PolicyConfig",
+    "S2RConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "load_config",
+    "trainer_keys",
+]
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Strict):
+    """The real environment and its task suite."""
+
+    name: str = "textworld"
+    """Registered env name (``textworld``, ``alfworld``, ``scripted``, ``webshop``... see ``dg envs``)."""
+    suite: str = "coin_collector"
+    """TextWorld game kind: ``custom``, ``cooking``, ``coin_collector``, ``treasure_hunter``."""
+    games: int = Field(default=40, ge=1)
+    """Games in the suite, all splits (ALFWorld: problems per task type)."""
+    seed: int = 7
+    """Seed of the suite (which games, which split each game is in)."""
+    settings: dict[str, int | bool | str] = Field(default_factory=lambda: {"level": 5})
+    """Difficulty knobs of the TextWorld kind."""
+    task_types: list[str] | None = None
+    """ALFWorld task types (default: all six)."""
+    max_steps: int = Field(default=10, ge=1)
+    """Step limit of an episode."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Other keyword arguments of the env's constructor."""
+
+
+class PolicyConfig(Strict):
+    """The agent: a causal LM, tiny and built here or loaded from a directory / hub id."""
+
+    model: str = "tiny"
+    """``tiny`` (built from a config, tokenizer trained on the run's trajectories), a policy directory written
+    by ``dg train``, or any Hugging Face causal LM directory / hub id."""
+    hidden_size: int = Field(default=64, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    vocab_size: int = Field(default=1024, ge=300)
+    mode: Literal["choose", "generate"] = "choose"
+    """``choose`` scores each available action; ``generate`` writes the action text."""
+    history_turns: int = Field(default=0, ge=0)
+    max_turn_tokens: int = Field(default=32, ge=1)
+    max_prompt_tokens: int = Field(default=512, ge=16)
+    temperature: float = Field(default=1.0, gt=0)
+    lora: bool = False
+    """Train LoRA adapters only (needs ``dg-apps[lora]``)."""
+
+
+class AlgorithmConfig(Strict):
+    """The RL algorithm and its budget."""
+
+    name: Literal["grpo", "ppo"] = "grpo"
+    steps: int = Field(default=12, ge=1)
+    """Rollout batches; each gets ``updates_per_batch`` optimiser steps."""
+    tasks_per_step: int = Field(default=8, ge=1)
+    group_size: int = Field(default=8, ge=1)
+    """Episodes per task (G of GRPO)."""
+    updates_per_batch: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    kl_coef: float = Field(default=0.01, ge=0)
+    entropy_coef: float = Field(default=0.01, ge=0)
+    max_episode_tokens: int | None = Field(default=256, ge=1)
+    checkpoint_every: int = Field(default=2, ge=1)
+    """Optimiser steps between checkpoints (the last one is always written)."""
+
+
+class CurriculumConfig(Strict):
+    """Reward-variance task selection (paper Eq. 7) and task generation."""
+
+    enabled: bool = True
+    """False draws training tasks uniformly (the no-curriculum ablation)."""
+    temperature: float = Field(default=0.1, ge=0)
+    top_fraction: float = Field(default=1.0, gt=0, le=1)
+    generated_share: float = Field(default=0.5, ge=0, le=1)
+    """lambda: the largest share of a batch that generated tasks may take."""
+    min_seed_tasks: int = Field(default=1, ge=0)
+    grow_every: int = Field(default=0, ge=0)
+    """Rollout batches between task-generation rounds with the experience model's backend; 0 never generates."""
+    parents: int = Field(default=4, ge=1)
+    variations: int = Field(default=2, ge=1)
+
+
+class SyntheticConfig(Strict):
+    """How the synthetic environment is grounded."""
+
+    top_k: int | None = Field(default=None, ge=0)
+    """Retrieved real transitions per step (default: what the experience model was trained with; 0 = no replay)."""
+    history_window: int | None = Field(default=None, ge=0)
+    """Past steps shown (default: the experience model's)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Synthetic episode limit (default: the env's ``max_steps``)."""
+    write_back: bool = True
+    """Add synthetic transitions to the run's replay buffer (they never ground other predictions)."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class ExpModelConfig(Strict):
+    """The experience model: its network, its prompt, its training."""
+
+    model: str = "tiny"
+    """``tiny`` (built here, tokenizer trained on the annotated examples) or a Hugging Face directory / hub id."""
+    hidden_size: int = Field(default=128, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    vocab_size: int = Field(default=2048, ge=300)
+    max_length: int = Field(default=2048, ge=64)
+    history_window: int = Field(default=2, ge=0)
+    top_k: int = Field(default=2, ge=0)
+    """Retrieved real transitions in every prompt (0 trains without replay grounding)."""
+    reasoning: bool = True
+    """False trains and runs without reasoning traces (an ablation)."""
+    annotator: Literal["rule"] = "rule"
+    """Reasoning labels: ``rule`` (offline; the LLM annotator is available from Python)."""
+    encoder: Literal["hashing", "minilm"] = "hashing"
+    """Replay keys: ``hashing`` (fast, offline) or ``minilm`` (needs ``dg-apps[minilm]``)."""
+    epochs: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    max_new_tokens: int = Field(default=160, ge=8)
+    retries: int = Field(default=0, ge=0)
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    """Inference backend of the trained model; ``vllm`` needs a GPU, ``openai`` a served endpoint."""
+    base_url: str | None = None
+    """``openai`` backend: the server's URL (``http://host:port/v1``)."""
+    served_model: str | None = None
+    """``openai`` backend: the model name on the server."""
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    """``vllm`` backend: engine arguments (``tensor_parallel_size``, ``gpu_memory_utilization``...)."""
+
+
+class CollectConfig(Strict):
+    """``dg collect``: offline trajectories from a real environment."""
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    tasks: str = "train"
+    """A split name (``train``, ``validation``, ``test``) or a task file (JSONL of dg-core ``Task``)."""
+    policy: str = "expert"
+    """``expert``, ``random``, ``noisy-expert`` or a policy directory written by ``dg train``."""
+    episodes_per_task: int = Field(default=1, ge=1)
+    epsilon: float = Field(default=0.2, ge=0, le=1)
+    workers: int = Field(default=1, ge=0)
+    seed: int = 0
+
+
+class FitConfig(Strict):
+    """``dg expmodel fit``: seed a replay buffer, annotate, fine-tune the experience model."""
+
+    data: list[str] = Field(default_factory=list)
+    """Real trajectory files (JSONL / Parquet) to learn from; they also seed the replay buffer."""
+    expmodel: ExpModelConfig = Field(default_factory=ExpModelConfig)
+    trainer: dict[str, Any] = Field(default_factory=lambda: {"accelerator": "cpu"})
+    seed: int = 0
+
+
+class AuditConfig(Strict):
+    """``dg expmodel audit``: eps_R, eps_P, hallucination, open-loop typology, with ablations."""
+
+    expmodel: str = ""
+    """The run directory of ``dg expmodel fit``."""
+    held_out: list[str] = Field(default_factory=list)
+    """Real trajectory files the model was not trained on."""
+    max_episodes: int | None = Field(default=None, ge=1)
+    open_loop_episodes: int = Field(default=6, ge=0)
+    permutations: int = Field(default=100, ge=10)
+    ablations: bool = True
+    """Also audit without retrieval, reasoning and history (the ablation table)."""
+
+
+class TrainConfig(Strict):
+    """``dg train``: GRPO / PPO in the synthetic environment (or, with ``where: real``, in the real one)."""
+
+    where: Literal["synthetic", "real"] = "synthetic"
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    tasks: str = "train"
+    """Seed tasks: a split name or a task file."""
+    data: list[str] = Field(default_factory=list)
+    """Real trajectory files: initial states of the seed tasks (synthetic) and the tiny policy's tokenizer corpus."""
+    expmodel: str | None = None
+    """Synthetic: the run directory of ``dg expmodel fit`` (model, replay buffer, prompt options)."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    real_budget: int | None = Field(default=None, ge=1)
+    """Real: stop once this many real transitions were used."""
+    trainer: dict[str, Any] = Field(default_factory=lambda: {"accelerator": "cpu"})
+    """Keyword arguments of ``lightning.Trainer`` (accelerator, devices, strategy, precision...)."""
+    seed: int = 0
+
+
+class S2RConfig(Strict):
+    """``dg s2r``: a synthetic phase, then a real phase limited to ``real_budget`` real transitions."""
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """The synthetic phase (``where`` is forced to ``synthetic``)."""
+    real_steps: int = Field(default=6, ge=1)
+    """Rollout batches of the real phase at most."""
+    real_budget: int = Field(default=200, ge=1)
+    """Real transitions the real phase may use."""
+
+
+class EvalConfig(Strict):
+    """``dg eval``: a policy on a panel of real tasks, several seeds."""
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    tasks: str = "test"
+    """A split name or a task file."""
+    policy: str = "random"
+    """``random``, ``expert`` or a policy directory (``dg train``'s ``policy/``, or its run directory)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    episodes_per_task: int = Field(default=2, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("give at least one seed")
+        return seeds
+
+
+class DemoConfig(Strict):
+    """``dg demo``: the DreamGym loop on TextWorld, end to end."""
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    random_episodes_per_task: int = Field(default=2, ge=0)
+    expmodel: ExpModelConfig = Field(default_factory=ExpModelConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    eval_episodes_per_task: int = Field(default=2, ge=1)
+    audit_open_loop: int = Field(default=4, ge=0)
+    trainer: dict[str, Any] = Field(default_factory=lambda: {"accelerator": "cpu"})
+    seed: int = 0
+
+
+@cache
+def trainer_keys() -> tuple[str, ...]:
+    """The keyword arguments ``lightning.Trainer`` accepts."""
+    import lightning as L
+
+    return tuple(name for name in inspect.signature(L.Trainer.__init__).parameters if name != "self")
+
+
+def check_trainer(options: dict[str, Any], key: str = "trainer") -> None:
+    """Refuse Trainer options Lightning does not know, naming the key and the allowed ones."""
+    allowed = trainer_keys()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: not a lightning.Trainer argument; allowed: {', '.join(allowed)}")
+
+
+def _allowed_keys(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    current: Any = model
+    for part in location[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _explain(error: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        location = tuple(item["loc"])
+        key = ".".join(str(part) for part in location) or "(root)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, location)
+            lines.append(f"{key}: unknown key; allowed here: {', '.join(allowed)}")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return ConfigError(f"{source}: invalid {model.__name__}:\n  " + "\n  ".join(lines))
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    return text if value is None and text not in ("null", "~", "") else value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML: numbers, booleans, lists)."""
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: expected key=value (for example algorithm.steps=4)")
+        key, text = override.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def load_config(
+    model: type[Model], path: str | Path | None = None, overrides: list[str] | None = None, **defaults: Any
+) -> Model:
+    """Read ``path`` (YAML) into ``model``, with ``defaults`` under it and ``overrides`` over it."""
+    data: dict[str, Any] = dict(defaults)
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+        data = apply_overrides(data, list(overrides))
+    try:
+        config = model.model_validate(data)
+    except ValidationError as error:
+        raise _explain(error, model, source) from None
+    for name in ("trainer",):
+        options = getattr(config, name, None)
+        if isinstance(options, dict):
+            check_trainer(options)
+    train = getattr(config, "train", None)
+    if isinstance(train, TrainConfig):
+        check_trainer(train.trainer, "train.trainer")
+    return config
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (what a run directory keeps)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,318 @@
+"""Building, saving and loading the two models: the agent's policy and the experience model.
+
+A *policy directory* is a Hugging Face directory (safetensors + tokenizer) plus ``policy.json`` (its action
+mode and prompt settings). An *experience-model run* (``dg expmodel fit``) holds ``model/`` (Hugging Face),
+``replay/`` (the seeded dg-replay buffer) and ``expmodel.json`` (prompt options and inference settings).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dg_apps.config import ExpModelConfig, PolicyConfig
+from dg_core import ConfigError, Task, Trajectory, read_trajectories
+
+__all__ = [
+    "ExpModelBundle",
+    "build_policy",
+    "fit_expmodel",
+    "load_expmodel",
+    "load_policy",
+    "policy_dir",
+    "read_data",
+    "save_policy",
+]
+
+POLICY_META = "policy.json"
+EXPMODEL_META = "expmodel.json"
+
+
+def read_data(paths: Sequence[str | Path]) -> list[Trajectory]:
+    """Read trajectory files (JSONL / Parquet); errors name the file and line."""
+    out: list[Trajectory] = []
+    for path in paths:
+        if not Path(path).exists():
+            raise ConfigError(f"data: trajectory file {path} not found")
+        out.extend(read_trajectories(path))
+    return out
+
+
+def _policy_corpus(trajectories: Iterable[Trajectory], tasks: Iterable[Task]) -> list[str]:
+    texts: list[str] = [task.instruction for task in tasks]
+    for trajectory in trajectories:
+        texts.append(trajectory.task.instruction)
+        for step in trajectory.steps:
+            texts += [step.state.text, step.next_state.text, step.action.text]
+            texts.append(" | ".join(step.state.available_actions or ()))
+    return texts
+
+
+def policy_dir(path: str | Path) -> Path:
+    """A policy directory: ``path`` itself or ``path/policy`` (a ``dg train`` run directory)."""
+    path = Path(path)
+    for candidate in (path, path / "policy"):
+        if (candidate / POLICY_META).exists():
+            return candidate
+    raise ConfigError(f"{path} is not a policy directory (no {POLICY_META}; `dg train` writes RUN/policy)")
+
+
+def _lm_policy(model: Any, tokenizer: Any, config: PolicyConfig, seed: int, policy_id: str) -> Any:
+    from dg_rl import LMPolicy, PromptFormat
+
+    return LMPolicy(
+        model,
+        tokenizer,
+        mode=config.mode,
+        temperature=config.temperature,
+        prompt_format=PromptFormat(history_turns=config.history_turns),
+        max_turn_tokens=config.max_turn_tokens,
+        max_prompt_tokens=config.max_prompt_tokens,
+        policy_id=policy_id,
+        seed=seed,
+    )
+
+
+def build_policy(
+    config: PolicyConfig,
+    *,
+    trajectories: Sequence[Trajectory] = (),
+    tasks: Sequence[Task] = (),
+    seed: int = 0,
+    policy_id: str = "lm",
+) -> Any:
+    """The policy of ``config``: tiny (tokenizer trained on ``trajectories``), a policy directory, or a hub model."""
+    from dg_rl import apply_lora, load_causal_lm, load_tokenizer, tiny_causal_lm, train_bpe_tokenizer
+
+    if config.model == "tiny":
+        if not trajectories:
+            raise ConfigError(
+                "policy.model: 'tiny' trains its tokenizer on real trajectories; give data: [trajectory files]"
+            )
+        tokenizer = train_bpe_tokenizer(_policy_corpus(trajectories, tasks), vocab_size=config.vocab_size)
+        torch.manual_seed(seed)
+        model = tiny_causal_lm(
+            tokenizer,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            seed=seed,
+        )
+    else:
+        source = Path(config.model)
+        if source.exists():
+            source = policy_dir(source) if (source / POLICY_META).exists() or (source / "policy").exists() else source
+        model = load_causal_lm(source)
+        tokenizer = load_tokenizer(source)
+    if config.lora:
+        model = apply_lora(model)
+    return _lm_policy(model, tokenizer, config, seed, policy_id)
+
+
+def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
+    """Write a policy directory (merged weights when LoRA was used)."""
+    from dg_rl import save_model
+
+    path = Path(path)
+    model = policy.model
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    save_model(model, policy.tokenizer, path)
+    meta = config.model_copy(update={"model": str(path), "lora": False}).model_dump(mode="json")
+    (path / POLICY_META).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None) -> Any:
+    """Load a policy directory (or a ``dg train`` run directory) with the settings it was saved with."""
+    from dg_rl import load_causal_lm, load_tokenizer
+
+    folder = policy_dir(path)
+    config = PolicyConfig.model_validate(json.loads((folder / POLICY_META).read_text()))
+    return _lm_policy(load_causal_lm(folder), load_tokenizer(folder), config, seed, policy_id or folder.parent.name)
+
+
+class ExpModelBundle:
+    """A trained experience model with its replay buffer and prompt settings, ready for a synthetic env."""
+
+    def __init__(self, model: Any, buffer: Any, options: Any, settings: dict[str, Any]) -> None:
+        self.model = model
+        self.buffer = buffer
+        self.options = options
+        self.settings = settings
+
+    @property
+    def backend(self) -> Any:
+        """The generation backend (the task generator reuses it)."""
+        return self.model.backend
+
+
+def _encoder(name: str) -> Any:
+    from dg_replay import HashingEncoder, minilm_encoder
+
+    return HashingEncoder(dim=384) if name == "hashing" else minilm_encoder()
+
+
+def fit_expmodel(
+    config: ExpModelConfig,
+    trajectories: Sequence[Trajectory],
+    output: Path,
+    *,
+    trainer: dict[str, Any],
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Seed ``output/replay`` with ``trajectories``, annotate them, fine-tune the model into ``output/model``.
+
+    Resumable: a buffer already seeded is reused, training continues from its last checkpoint.
+    """
+    import functools
+
+    from dg_expmodel import (
+        LoraSettings,
+        PromptOptions,
+        ReplayRetriever,
+        RuleBasedAnnotator,
+        examples_from_trajectories,
+        fit_experience_model,
+        load_tokenizer,
+        tiny_causal_lm,
+        train_tokenizer,
+    )
+    from dg_replay import ReplayBuffer
+
+    if not trajectories:
+        raise ConfigError("data: no trajectories to train the experience model on")
+    allowed = {"accelerator", "devices", "strategy", "precision"}
+    unknown = sorted(set(trainer) - allowed)
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]}: not used by `dg expmodel fit`; allowed: {', '.join(sorted(allowed))}")
+    replay_dir = output / "replay"
+    if (replay_dir / "manifest.json").exists():  # seeded and saved by an earlier (interrupted) call
+        buffer = ReplayBuffer.open(replay_dir)
+    else:
+        if replay_dir.exists():
+            shutil.rmtree(replay_dir)
+        buffer = ReplayBuffer.create(replay_dir, encoder=_encoder(config.encoder))
+        buffer.add_trajectories(trajectories)
+        buffer.save()
+    options = PromptOptions(
+        history_window=config.history_window, max_retrieved=config.top_k, reasoning=config.reasoning
+    )
+    retrieve = None
+    if config.top_k > 0:
+        retrieve = functools.partial(ReplayRetriever(buffer, exclude_self=True).for_step, k=config.top_k)
+    examples = examples_from_trajectories(trajectories, RuleBasedAnnotator(), options=options, retrieve=retrieve)
+    if config.model == "tiny":
+        tokenizer = train_tokenizer([e.prompt + e.response for e in examples], vocab_size=config.vocab_size)
+        model = tiny_causal_lm(
+            tokenizer,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            max_positions=config.max_length,
+            seed=seed,
+        )
+        lora = None
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(config.model)
+        tokenizer = load_tokenizer(config.model)
+        lora = LoraSettings() if config.model != "tiny" and trainer.get("strategy") != "fsdp" else None
+    fit = fit_experience_model(
+        model,
+        tokenizer,
+        examples,
+        output_dir=output / "train",
+        max_epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        lora=lora,
+        seed=seed,
+        progress=progress,
+        resume=True,
+        **trainer,
+    )
+    model_dir = output / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(fit.model_dir, model_dir)
+    stats = buffer.stats()
+    buffer.close()
+    settings = {
+        "options": options.model_dump(mode="json"),
+        "max_new_tokens": config.max_new_tokens,
+        "retries": config.retries,
+        "backend": config.backend,
+        "base_url": config.base_url,
+        "served_model": config.served_model,
+        "vllm": config.vllm,
+    }
+    (output / EXPMODEL_META).write_text(json.dumps(settings, indent=2))
+    return {
+        "examples": fit.examples,
+        "dropped_examples": fit.dropped,
+        "fit_metrics": fit.metrics,
+        "resumed_from": fit.resumed_from,
+        "replay_transitions": stats.total,
+        "trajectories": len(trajectories),
+    }
+
+
+def load_expmodel(
+    run: str | Path,
+    *,
+    replay: str | Path | None = None,
+    read_only: bool = False,
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    top_k: int | None = None,
+    history_window: int | None = None,
+) -> ExpModelBundle:
+    """Load a ``dg expmodel fit`` run: model behind its backend, replay buffer (``replay`` overrides its path)."""
+    from dg_expmodel import LLMExperienceModel, PromptOptions, Sampling
+    from dg_replay import ReplayBuffer
+
+    run = Path(run)
+    meta_file = run / EXPMODEL_META
+    if not meta_file.exists():
+        raise ConfigError(f"expmodel: {run} is not a `dg expmodel fit` run (no {EXPMODEL_META})")
+    settings: dict[str, Any] = json.loads(meta_file.read_text())
+    options = PromptOptions.model_validate(settings["options"])
+    updates: dict[str, int] = {}
+    if top_k is not None:
+        updates["max_retrieved"] = top_k
+    if history_window is not None:
+        updates["history_window"] = history_window
+    options = options.model_copy(update=updates)
+    backend = make_backend(settings, run / "model", batch_size=batch_size)
+    sampling = Sampling(max_new_tokens=max_new_tokens or int(settings["max_new_tokens"]))
+    model = LLMExperienceModel(backend, options=options, sampling=sampling, retries=int(settings["retries"]))
+    buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
+    return ExpModelBundle(model, buffer, options, settings)
+
+
+def make_backend(settings: dict[str, Any], model_dir: Path, *, batch_size: int = 32) -> Any:
+    """The inference backend named in an experience-model run's settings."""
+    from dg_expmodel import OpenAICompatibleBackend, TransformersBackend, VLLMBackend
+
+    kind = settings.get("backend", "transformers")
+    if kind == "transformers":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return TransformersBackend.from_pretrained(model_dir, batch_size=batch_size, device=device)
+    if kind == "vllm":
+        return VLLMBackend(str(model_dir), chat=False, **settings.get("vllm", {}))
+    if kind == "openai":
+        if not settings.get("base_url") or not settings.get("served_model"):
+            raise ConfigError("expmodel.backend 'openai' needs expmodel.base_url and expmodel.served_model")
+        return OpenAICompatibleBackend(settings["base_url"], settings["served_model"], chat=False)
+    raise ConfigError(f"expmodel.backend: unknown {kind!r}; allowed: transformers, vllm, openai")

@@ -1,0 +1,331 @@
+"""``dg train``: GRPO / PPO in the synthetic environment (experience model + replay + curriculum) or the real one.
+
+Everything the run needs to resume lives in its directory: ``policy-initial/`` (the starting weights and
+tokenizer), ``checkpoints/last.ckpt`` (weights, optimiser, data-module step, counters), ``replay/`` (this run's
+copy of the experience model's buffer, which grows with synthetic transitions) and ``curriculum.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from dg_apps.config import TrainConfig
+from dg_apps.models import build_policy, load_expmodel, load_policy, read_data, save_policy
+from dg_apps.plots import learning_curve
+from dg_apps.rundir import RunDir
+from dg_apps.tasks import env_factory, task_panel, tasks_digest
+from dg_core import ConfigError, EnvPool, Task, Trajectory
+
+__all__ = ["RunCounters", "run_train"]
+
+
+class RunCounters(Callback):
+    """Counts what the run consumed (real and synthetic transitions, episodes) and stops at a real budget.
+
+    Its state is saved in checkpoints, so a resumed run keeps counting where it stopped.
+    """
+
+    def __init__(self, *, real: bool, budget: int | None = None) -> None:
+        self.real = real
+        self.budget = budget
+        self.real_transitions = 0
+        self.synthetic_transitions = 0
+        self.episodes = 0
+        self.batches = 0
+        self.history: list[dict[str, float]] = []
+
+    def on_batch(self, rollouts: Any) -> None:
+        """The data module's hook: one collected batch."""
+        stats = rollouts.stats
+        if self.real:
+            self.real_transitions += int(stats.turns)
+        else:
+            self.synthetic_transitions += int(stats.turns)
+        self.episodes += int(stats.episodes)
+        self.batches += 1
+        self.history.append(
+            {
+                "batch": float(self.batches),
+                "success_rate": float(stats.success_rate),
+                "mean_return": float(stats.mean_return),
+                "turns": float(stats.turns),
+            }
+        )
+
+    @property
+    def spent(self) -> bool:
+        """Whether the real-transition budget is used up."""
+        return self.budget is not None and self.real_transitions >= self.budget
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.spent:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "real_transitions": self.real_transitions,
+            "synthetic_transitions": self.synthetic_transitions,
+            "episodes": self.episodes,
+            "batches": self.batches,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.real_transitions = int(state_dict["real_transitions"])
+        self.synthetic_transitions = int(state_dict["synthetic_transitions"])
+        self.episodes = int(state_dict["episodes"])
+        self.batches = int(state_dict["batches"])
+        self.history = list(state_dict["history"])
+
+
+class SaveRunState(Callback):
+    """Saves the replay buffer and the curriculum's pool whenever Lightning writes a checkpoint."""
+
+    def __init__(self, buffer: Any, curriculum: Any, pool_file: Path) -> None:
+        self.buffer = buffer
+        self.curriculum = curriculum
+        self.pool_file = pool_file
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.buffer is not None:
+            self.buffer.save()
+        if self.curriculum is not None:
+            self.curriculum.save(self.pool_file)
+
+
+class CurriculumSource:
+    """A dg-curriculum :class:`Curriculum` as dg-rl's task source, growing the pool every ``grow_every`` batches."""
+
+    def __init__(self, curriculum: Any, *, grow_every: int, parents: int, variations: int) -> None:
+        self.curriculum = curriculum
+        self.grow_every = grow_every
+        self.parents = parents
+        self.variations = variations
+        self.batches = 0
+        self.generated = 0
+
+    def next_batch(self, size: int) -> list[Task]:
+        if self.grow_every and self.batches and self.batches % self.grow_every == 0:
+            self.generated += len(self.curriculum.grow(self.parents, self.variations))
+        self.batches += 1
+        batch: list[Task] = self.curriculum.next_batch(size)
+        return batch
+
+    def report(self, task_id: str, group_rewards: Sequence[float]) -> float:
+        variance: float = self.curriculum.report(task_id, group_rewards)
+        return variance
+
+
+def _initial_states(tasks: list[Task], trajectories: list[Trajectory], config: TrainConfig) -> list[Task]:
+    """Seed tasks carrying their real initial state (from the data, else one real reset each)."""
+    from dg_expmodel import INITIAL_STATE_KEY, with_initial_state
+
+    first = {t.task.id: t.steps[0].state for t in trajectories if t.steps}
+    out, missing = [], []
+    for task in tasks:
+        if INITIAL_STATE_KEY in task.metadata:
+            out.append(task)
+        elif task.id in first:
+            out.append(with_initial_state(task, first[task.id]))
+        else:
+            missing.append(task)
+    if missing:  # a reset reveals the initial state; no transition is taken
+        env = env_factory(config.env)()
+        try:
+            out += [with_initial_state(task, env.reset(task, seed=task.seed)) for task in missing]
+        finally:
+            env.close()
+    return out
+
+
+def _curriculum(config: TrainConfig, tasks: list[Task], pool_file: Path, generator: Any) -> Any:
+    from dg_curriculum import Curriculum, SelectionConfig, TaskPool
+
+    cur = config.curriculum
+    if pool_file.exists():
+        pool = TaskPool.load(pool_file)
+    else:
+        pool = TaskPool()
+        pool.add_many(tasks)
+    selection = SelectionConfig(
+        temperature=cur.temperature,
+        top_fraction=cur.top_fraction,
+        generated_share=cur.generated_share,
+        min_seed_tasks=cur.min_seed_tasks,
+    )
+    return Curriculum(pool, selection, generator=generator, seed=config.seed)
+
+
+def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
+    """Train a policy as ``config`` says, in ``run``; returns (and writes) the run's metrics."""
+    from dg_rl import GRPOLoss, GRPOModule, PPOLoss, PPOModule, RolloutDataModule, RolloutEngine
+
+    started = time.perf_counter()
+    L.seed_everything(config.seed, verbose=False)
+    tasks = task_panel(config.env, config.tasks)
+    data = read_data(config.data)
+    initial_dir = run.path / "policy-initial"
+    if initial_dir.exists():
+        policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name)
+    else:
+        policy = build_policy(config.policy, trajectories=data, tasks=tasks, seed=config.seed, policy_id=run.path.name)
+        save_policy(policy, config.policy, initial_dir)
+    algo = config.algorithm
+    buffer: Any = None
+    curriculum: Any = None
+    bundle: Any = None
+    synthetic = config.where == "synthetic"
+    if synthetic:
+        if not config.expmodel:
+            raise ConfigError("expmodel: training in the synthetic environment needs a `dg expmodel fit` run directory")
+        from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack
+
+        replay_dir = run.path / "replay"
+        if not replay_dir.exists():
+            shutil.copytree(Path(config.expmodel) / "replay", replay_dir)
+        syn = config.synthetic
+        bundle = load_expmodel(
+            config.expmodel,
+            replay=replay_dir,
+            batch_size=syn.batch_size,
+            max_new_tokens=syn.max_new_tokens,
+            top_k=syn.top_k,
+            history_window=syn.history_window,
+        )
+        buffer = bundle.buffer
+        top_k = bundle.options.max_retrieved
+        env: Any = BatchedSyntheticEnv(
+            bundle.model,
+            retriever=ReplayRetriever(buffer) if top_k > 0 else None,
+            top_k=top_k,
+            history_window=bundle.options.history_window,
+            write_back=ReplayWriteBack(buffer) if syn.write_back else None,
+            env_ids=[config.env.name],
+            max_steps=syn.max_steps or config.env.max_steps,
+        )
+        tasks = _initial_states(tasks, data, config)
+    else:
+        env = EnvPool(env_factory(config.env))
+    counters = RunCounters(real=not synthetic, budget=config.real_budget)
+    source = None
+    if config.curriculum.enabled:
+        generator = None
+        if config.curriculum.grow_every and bundle is not None:
+            from dg_curriculum import LLMTaskGenerator
+
+            generator = LLMTaskGenerator(bundle.backend)
+        curriculum = _curriculum(config, tasks, run.path / "curriculum.json", generator)
+        source = CurriculumSource(
+            curriculum,
+            grow_every=config.curriculum.grow_every,
+            parents=config.curriculum.parents,
+            variations=config.curriculum.variations,
+        )
+    engine = RolloutEngine(policy, env, group_size=algo.group_size, max_episode_tokens=algo.max_episode_tokens)
+    datamodule = RolloutDataModule(
+        engine,
+        tasks,
+        tasks_per_step=algo.tasks_per_step,
+        updates_per_batch=algo.updates_per_batch,
+        seed=config.seed,
+        task_source=source,
+        on_batch=counters.on_batch,
+    )
+    module: L.LightningModule
+    if algo.name == "grpo":
+        module = GRPOModule(policy, loss=GRPOLoss(kl_coef=algo.kl_coef), learning_rate=algo.learning_rate)
+    else:
+        module = PPOModule(policy, loss=PPOLoss(entropy_coef=algo.entropy_coef), learning_rate=algo.learning_rate)
+    checkpoints = ModelCheckpoint(
+        dirpath=run.path / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=algo.checkpoint_every
+    )
+    options: dict[str, Any] = {"log_every_n_steps": 1, "enable_model_summary": False, **config.trainer}
+    trainer = L.Trainer(
+        max_steps=algo.steps * algo.updates_per_batch,
+        logger=run.loggers(),
+        callbacks=[counters, SaveRunState(buffer, curriculum, run.path / "curriculum.json"), checkpoints],
+        enable_progress_bar=progress,
+        **options,
+    )
+    last = run.path / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        trainer.save_checkpoint(last)
+        save_policy(policy, config.policy, run.path / "policy")
+    finally:
+        if buffer is not None:
+            buffer.save()
+        if curriculum is not None:
+            curriculum.save(run.path / "curriculum.json")
+    metrics: dict[str, Any] = {
+        "where": config.where,
+        "algorithm": algo.name,
+        "optimizer_steps": int(trainer.global_step),
+        "rollout_batches": counters.batches,
+        "episodes": counters.episodes,
+        "real_transitions": counters.real_transitions,
+        "synthetic_transitions": counters.synthetic_transitions,
+        "seed_tasks": len(tasks),
+        "tasks_digest": tasks_digest(tasks),
+        "seconds": time.perf_counter() - started,
+        "last_metrics": {key: float(value) for key, value in trainer.callback_metrics.items()},
+        "rollout_history": counters.history,
+    }
+    if bundle is not None:
+        stats = bundle.model.stats
+        metrics["expmodel"] = {
+            "queries": stats.queries,
+            "parse_failures": stats.parse_failures,
+            "parse_failure_rate": stats.parse_failures / stats.queries if stats.queries else 0.0,
+            "failure_reasons": dict(stats.failure_reasons),
+        }
+        metrics["replay"] = {"total": len(buffer), "by_source": buffer.stats().by_source}
+    if curriculum is not None:
+        cstats = curriculum.stats()
+        metrics["curriculum"] = {
+            "pool_size": cstats.pool_size,
+            "size_by_generation": cstats.size_by_generation,
+            "score_histogram": cstats.score_histogram,
+            "mean_selected_variance": cstats.mean_selected_variance,
+            "generated": source.generated if source is not None else 0,
+        }
+        generator = curriculum.generator
+        if generator is not None:
+            metrics["curriculum"]["generator_rejects"] = dict(generator.rejects)
+    if buffer is not None:
+        buffer.close()
+    learning_curve(run.csv_metrics(), run.path / "plots" / "learning_curve.png", title=f"dg train ({config.where})")
+    run.write_metrics(metrics)
+    run.write_summary(_summary(config, metrics, run))
+    return metrics
+
+
+def _summary(config: TrainConfig, metrics: dict[str, Any], run: RunDir) -> str:
+    history = metrics["rollout_history"]
+    first = history[0]["success_rate"] if history else float("nan")
+    last = history[-1]["success_rate"] if history else float("nan")
+    lines = [
+        f"# dg train ({config.where}, {config.algorithm.name})",
+        "",
+        f"- {metrics['optimizer_steps']} optimiser steps on {metrics['rollout_batches']} rollout batches "
+        f"({metrics['episodes']} episodes) in {metrics['seconds']:.0f} s",
+        f"- transitions used: real {metrics['real_transitions']}, synthetic {metrics['synthetic_transitions']}",
+        f"- rollout success (in the {config.where} env): first batch {first:.2f}, last batch {last:.2f}",
+    ]
+    if "expmodel" in metrics:
+        lines.append(f"- experience-model parse failures: {metrics['expmodel']['parse_failure_rate']:.1%}")
+    if "curriculum" in metrics:
+        cur = metrics["curriculum"]
+        lines.append(f"- curriculum pool {cur['pool_size']} tasks, {cur['generated']} generated")
+    lines += [
+        f"- policy: `{run.path / 'policy'}`; learning curve: `plots/learning_curve.png`",
+        f"- evaluate it: `dg eval --set policy={run.path / 'policy'}`",
+    ]
+    return "\n".join(lines)
