@@ -19,7 +19,11 @@ import nox
 ROOT = Path(__file__).parent
 PACKAGES_DIR = ROOT / "packages"
 CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
-PACKAGES = sorted(path.name for path in PACKAGES_DIR.iterdir() if (path / "pyproject.toml").exists())
+APPS_DIR = ROOT / "apps"
+# Every distribution of the workspace: the six packages, and dg-apps (the `dg` command) under apps/.
+PACKAGE_DIRS = {path.name: path for path in sorted(PACKAGES_DIR.iterdir()) if (path / "pyproject.toml").exists()}
+PACKAGE_DIRS["dg-apps"] = APPS_DIR
+PACKAGES = sorted(PACKAGE_DIRS)
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -51,7 +55,7 @@ def sibling_closure(package: str) -> list[str]:
     seen: list[str] = []
 
     def visit(name: str, with_extras: bool) -> None:
-        project = tomllib.loads((PACKAGES_DIR / name / "pyproject.toml").read_text())["project"]
+        project = tomllib.loads((PACKAGE_DIRS[name] / "pyproject.toml").read_text())["project"]
         requirements = list(project.get("dependencies", []))
         if with_extras:
             for extra in project.get("optional-dependencies", {}).values():
@@ -81,8 +85,8 @@ def install(session: nox.Session, *requirements: str) -> None:
 
 def install_packages(session: nox.Session, package: str, extra: str | None = "test") -> None:
     closure = sibling_closure(package)
-    siblings = [str(PACKAGES_DIR / name) for name in closure[:-1]]
-    target = str(PACKAGES_DIR / package) + (f"[{extra}]" if extra else "")
+    siblings = [str(PACKAGE_DIRS[name]) for name in closure[:-1]]
+    target = str(PACKAGE_DIRS[package]) + (f"[{extra}]" if extra else "")
     install(session, *siblings, target)
 
 
@@ -92,7 +96,7 @@ def tests(session: nox.Session, package: str) -> None:
     """Install one package alone (with its declared dg siblings) and run its test suite."""
     install_packages(session, package)
     # pytest exits 5 when it collects nothing, which fails the session: an empty suite is an error.
-    with session.chdir(PACKAGES_DIR / package):
+    with session.chdir(PACKAGE_DIRS[package]):
         session.run("pytest", *(session.posargs or []))
 
 
@@ -107,16 +111,19 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every package's source, all packages installed together."""
-    install(session, *TYPE_TOOLS, *[f"{PACKAGES_DIR / name}[test]" for name in PACKAGES])
-    session.run("mypy", *[str(PACKAGES_DIR / name / "src") for name in PACKAGES])
+    install(session, *TYPE_TOOLS, *[f"{PACKAGE_DIRS[name]}[test]" for name in PACKAGES])
+    session.run("mypy", *[str(PACKAGE_DIRS[name] / "src") for name in PACKAGES])
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job. Until the apps land (issue 10) it runs the dg-core collection demo."""
-    install_packages(session, "dg-core", extra="parquet")
-    output = session.posargs[0] if session.posargs else str(ROOT / "runs" / "demo")
-    session.run("python", str(ROOT / "apps" / "core_demo.py"), "--output", output)
+    """The main job: ``dg demo`` (DreamGym on TextWorld end to end); arguments after ``--`` go to it
+    (``nox -s demo -- --quick``, ``--output DIR``). Output defaults to ``runs/demo``."""
+    install_packages(session, "dg-apps", extra=None)
+    arguments = list(session.posargs)
+    if "--output" not in arguments:
+        arguments += ["--output", str(ROOT / "runs" / ("demo-quick" if "--quick" in arguments else "demo"))]
+    session.run("dg", "demo", *arguments)
 
 
 # Benchmark suites: name -> (what to install, relative to the repository root; script to run).

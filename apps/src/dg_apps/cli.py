@@ -113,7 +113,7 @@ def shipped_configs() -> dict[str, Path]:
 def config_path(value: str) -> Path:
     """A config file path, or the path of a shipped config named ``value``."""
     path = Path(value)
-    if path.exists():
+    if path.is_file():
         return path
     shipped = shipped_configs()
     if value in shipped:
@@ -202,7 +202,9 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     config = load_config(model, config_path(source) if source else None, args.overrides)
     output = args.output
     if output is None:
-        output = Path("runs") / ("demo-quick" if args.quick else "demo") if command == "demo" else default_run_dir(command)
+        output = (
+            Path("runs") / ("demo-quick" if args.quick else "demo") if command == "demo" else default_run_dir(command)
+        )
     return _execute(command, config, output, progress)
 
 

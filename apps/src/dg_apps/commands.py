@@ -133,7 +133,9 @@ def run_s2r(config: S2RConfig, run: RunDir, *, progress: bool = True) -> dict[st
     """Synthetic phase into ``RUN/synthetic``, then a real phase into ``RUN/real`` limited to the real budget."""
     synthetic_config = config.train.model_copy(update={"where": "synthetic"})
     synthetic_run = RunDir.start(run.path / "synthetic", "train", synthetic_config)
-    synthetic = synthetic_run.metrics() if synthetic_run.done else run_train(synthetic_config, synthetic_run, progress=progress)
+    synthetic = (
+        synthetic_run.metrics() if synthetic_run.done else run_train(synthetic_config, synthetic_run, progress=progress)
+    )
     synthetic_run.finish()
     algorithm = config.train.algorithm.model_copy(update={"steps": config.real_steps})
     policy = config.train.policy.model_copy(update={"model": str(synthetic_run.path / "policy"), "lora": False})

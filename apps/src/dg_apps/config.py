@@ -56,7 +56,7 @@ class EnvConfig(Strict):
     """Games in the suite, all splits (ALFWorld: problems per task type)."""
     seed: int = 7
     """Seed of the suite (which games, which split each game is in)."""
-    settings: dict[str, int | bool | str] = Field(default_factory=lambda: {"level": 5})
+    settings: dict[str, int | bool | str] = Field(default_factory=lambda: dict[str, int | bool | str](level=5))
     """Difficulty knobs of the TextWorld kind."""
     task_types: list[str] | None = None
     """ALFWorld task types (default: all six)."""

@@ -66,7 +66,9 @@ def _stage(
     return metrics
 
 
-def _row(method: str, metrics: dict[str, Any], real: int | str, synthetic: int | str, seconds: float | str) -> dict[str, Any]:
+def _row(
+    method: str, metrics: dict[str, Any], real: int | str, synthetic: int | str, seconds: float | str
+) -> dict[str, Any]:
     return {
         "method": method,
         "mean": metrics["mean"],
@@ -95,7 +97,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run every stage of the demo in ``run``; returns the results (also in ``results.json``)."""
     started = time.perf_counter()
     env = config.env
@@ -105,7 +109,9 @@ def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Cal
     def collect(config_: CollectConfig, stage: RunDir) -> dict[str, Any]:
         return run_collect(config_, stage, progress=progress)
 
-    expert = _stage(run, "01-collect-expert", "collect", CollectConfig(env=env, tasks="train", policy="expert"), collect, log)
+    expert = _stage(
+        run, "01-collect-expert", "collect", CollectConfig(env=env, tasks="train", policy="expert"), collect, log
+    )
     data = [expert["trajectories"]]
     if config.random_episodes_per_task:
         random_config = CollectConfig(
@@ -125,12 +131,16 @@ def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Cal
         ablations=False,
         permutations=50,
     )
-    audit = _stage(run, "05-expmodel-audit", "expmodel audit", audit_config, lambda c, r: run_audit(c, r, progress=progress), log)
+    audit = _stage(
+        run, "05-expmodel-audit", "expmodel audit", audit_config, lambda c, r: run_audit(c, r, progress=progress), log
+    )
 
     initial = run.path / "policy-initial"
     if not (initial / "policy.json").exists():
         trajectories = read_data(data)
-        policy = build_policy(config.policy, trajectories=trajectories, tasks=task_panel(env, "train"), seed=config.seed)
+        policy = build_policy(
+            config.policy, trajectories=trajectories, tasks=task_panel(env, "train"), seed=config.seed
+        )
         save_policy(policy, config.policy, initial)
     start_policy = config.policy.model_copy(update={"model": str(initial)})
     train_common: dict[str, Any] = {
@@ -151,7 +161,9 @@ def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Cal
     )
     train = lambda c, r: run_train(c, r, progress=progress)  # noqa: E731
     synthetic = _stage(run, "06-train-synthetic", "train", synthetic_config, train, log)
-    real_config = TrainConfig(where="real", curriculum=config.curriculum.model_copy(update={"enabled": False}), **train_common)
+    real_config = TrainConfig(
+        where="real", curriculum=config.curriculum.model_copy(update={"enabled": False}), **train_common
+    )
     real = _stage(run, "07-train-real", "train", real_config, train, log)
 
     def evaluate(name: str, policy: str) -> dict[str, Any]:
@@ -184,7 +196,7 @@ def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Cal
         _row("expert (walkthrough)", evaluate("expert", "expert"), "-", "-", "-"),
     ]
     table = _table(rows)
-    results = {
+    results: dict[str, Any] = {
         "rows": rows,
         "expmodel": {
             "examples": fit["examples"],
@@ -202,7 +214,7 @@ def run_demo(config: DemoConfig, run: RunDir, *, progress: bool = True, log: Cal
     }
     (run.path / "results.json").write_text(json.dumps(results, indent=2, default=str))
     success_bars(rows, run.path / "plots" / "success.png", title=f"TextWorld {env.suite}: held-out success")
-    exp = results["expmodel"]
+    exp: dict[str, Any] = results["expmodel"]
     summary = "\n".join(
         [
             "# dg demo: DreamGym on TextWorld",

@@ -89,6 +89,7 @@ def build_policy(
     """The policy of ``config``: tiny (tokenizer trained on ``trajectories``), a policy directory, or a hub model."""
     from dg_rl import apply_lora, load_causal_lm, load_tokenizer, tiny_causal_lm, train_bpe_tokenizer
 
+    model: Any
     if config.model == "tiny":
         if not trajectories:
             raise ConfigError(
@@ -108,6 +109,7 @@ def build_policy(
         if source.exists():
             source = policy_dir(source) if (source / POLICY_META).exists() or (source / "policy").exists() else source
         model = load_causal_lm(source)
+        model.train()  # from_pretrained returns eval mode; this policy is about to be trained
         tokenizer = load_tokenizer(source)
     if config.lora:
         model = apply_lora(model)

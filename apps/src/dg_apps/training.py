@@ -259,11 +259,17 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
         trainer.save_checkpoint(last)
         save_policy(policy, config.policy, run.path / "policy")
-    finally:
+    except BaseException:
+        # Keep what the last checkpoint needs: the buffer and pool as they were saved with it.
         if buffer is not None:
-            buffer.save()
-        if curriculum is not None:
-            curriculum.save(run.path / "curriculum.json")
+            buffer.close()
+        raise
+    finally:
+        env.close()
+    if buffer is not None:
+        buffer.save()
+    if curriculum is not None:
+        curriculum.save(run.path / "curriculum.json")
     metrics: dict[str, Any] = {
         "where": config.where,
         "algorithm": algo.name,

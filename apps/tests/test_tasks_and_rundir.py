@@ -1,0 +1,78 @@
+"""Task panels and task files; run directories: resume, refusal of a different config, markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dg_apps.config import CollectConfig, EnvConfig, load_config
+from dg_apps.rundir import RunDir
+from dg_apps.tasks import TaskFileError, env_factory, read_tasks, task_panel, write_tasks
+from dg_core import ConfigError, Task
+
+SCRIPTED = EnvConfig(name="scripted", games=40, seed=3, settings={"rooms": 3}, max_steps=6)
+
+
+def test_scripted_suite_splits_are_disjoint_deterministic_and_cover_the_suite() -> None:
+    splits = {name: task_panel(SCRIPTED, name) for name in ("train", "validation", "test")}
+    ids = [task.id for tasks in splits.values() for task in tasks]
+    assert len(ids) == len(set(ids)) == 40
+    assert all(task.split == name for name, tasks in splits.items() for task in tasks)
+    assert [t.id for t in task_panel(SCRIPTED, "test")] == [t.id for t in splits["test"]]
+    assert len(splits["train"]) > len(splits["test"]) > 0
+
+
+def test_task_file_round_trip_and_panel(tmp_path: Path) -> None:
+    tasks = task_panel(SCRIPTED, "test")
+    file = write_tasks(tmp_path / "panel.jsonl", tasks)
+    assert read_tasks(file) == tasks
+    assert task_panel(SCRIPTED, str(file)) == tasks
+    other = EnvConfig(name="textworld")
+    with pytest.raises(ConfigError, match=r"is for env 'scripted', not env\.name 'textworld'"):
+        task_panel(other, str(file))
+
+
+def test_bad_task_file_line_names_file_line_and_field(tmp_path: Path) -> None:
+    good = Task(id="a", env_id="scripted", instruction="take the coin")
+    file = tmp_path / "tasks.jsonl"
+    file.write_text(good.model_dump_json() + "\n" + '{"id": "b", "env_id": "scripted"}\n')
+    with pytest.raises(TaskFileError, match=r"tasks.jsonl:2: field instruction: Field required"):
+        read_tasks(file)
+    file.write_text(good.model_dump_json() + "\n" + good.model_dump_json() + "\n")
+    with pytest.raises(TaskFileError, match="task id 'a' appears more than once"):
+        read_tasks(file)
+    with pytest.raises(ConfigError, match="task file not found"):
+        read_tasks(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match="neither a split"):
+        task_panel(SCRIPTED, "holdout")
+
+
+def test_env_without_a_suite_needs_a_task_file_and_unknown_env_is_named() -> None:
+    with pytest.raises(ConfigError, match="has no generated suite in dg; give tasks: a task file"):
+        task_panel(EnvConfig(name="webshop"), "train")
+    with pytest.raises(ConfigError, match=r"unknown env 'nowhere'; registered: .*textworld"):
+        env_factory(EnvConfig(name="nowhere"))
+    env = env_factory(SCRIPTED)()
+    assert env.max_steps == 6
+
+
+def test_run_dir_resumes_the_same_config_and_refuses_another(tmp_path: Path) -> None:
+    config = CollectConfig(env=SCRIPTED)
+    run = RunDir.start(tmp_path / "run", "collect", config)
+    assert not run.resumed and (run.path / "config.yaml").exists() and not run.done
+    again = RunDir.start(tmp_path / "run", "collect", config)
+    assert again.resumed and RunDir.read_meta(again.path)["resumes"] == 1
+    # The resolved config reloads to the same model: a run can be repeated from its directory.
+    assert load_config(CollectConfig, run.path / "config.yaml") == config
+    changed = config.model_copy(update={"episodes_per_task": 3})
+    with pytest.raises(ConfigError, match="different config \\(first difference: episodes_per_task\\)"):
+        RunDir.start(tmp_path / "run", "collect", changed)
+    with pytest.raises(ConfigError, match="holds a `dg collect` run"):
+        RunDir.start(tmp_path / "run", "eval", config)
+    run.finish()
+    assert RunDir.start(tmp_path / "run", "collect", config).done
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a dg run directory"):
+        RunDir.start(tmp_path / "other", "collect", config)
