@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dg``: exit 0 on success, 2 with a one-paragraph message on a dg error."""
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # per-file bars of every model load and save: noise here
     try:
         run_command(argv)
     except (DGError, ConfigError) as error:

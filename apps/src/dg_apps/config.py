@@ -157,7 +157,7 @@ class ExpModelConfig(Strict):
     epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0)
-    max_new_tokens: int = Field(default=160, ge=8)
+    max_new_tokens: int = Field(default=320, ge=8)
     retries: int = Field(default=0, ge=0)
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     """Inference backend of the trained model; ``vllm`` needs a GPU, ``openai`` a served endpoint."""

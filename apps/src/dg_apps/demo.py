@@ -97,8 +97,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
 def run_demo(
-    config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = print
+    config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = _print
 ) -> dict[str, Any]:
     """Run every stage of the demo in ``run``; returns the results (also in ``results.json``)."""
     started = time.perf_counter()
