@@ -67,7 +67,7 @@ class USearchSystem:
     """Raw USearch HNSW: the very graph inside the buffer, searched directly (isolates the buffer's overhead)."""
 
     def __init__(self, config: IndexConfig, index: Any) -> None:
-        self.name = f"raw USearch ({config.dtype}, M={config.connectivity}, ef={config.expansion_search})"
+        self.name = f"raw USearch ({config.dtype}, M={config.connectivity})"
         self.index = index
 
     def build(self, vectors: NDArray[np.float32]) -> None:
@@ -94,13 +94,17 @@ class FaissHNSWSystem:
         import faiss
 
         self.faiss: Any = faiss
-        self.name = f"faiss HNSWFlat (f32, M={config.connectivity}, ef={config.expansion_search})"
+        self.name = f"faiss HNSWFlat (f32, M={config.connectivity})"
         self.index = faiss.IndexHNSWFlat(config.dim, config.connectivity, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = config.expansion_add
         self.index.hnsw.efSearch = config.expansion_search
 
     def build(self, vectors: NDArray[np.float32]) -> None:
         self.index.add(vectors)
+
+    def set_expansion_search(self, expansion_search: int) -> None:
+        """Search width (efSearch) of later searches; the graph is unchanged."""
+        self.index.hnsw.efSearch = expansion_search
 
     def search_one(self, query: NDArray[np.float32], k: int) -> list[int]:
         return [int(key) for key in self.index.search(query[None, :], k)[1][0]]

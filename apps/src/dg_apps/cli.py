@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # per-file bars of every model load and save: noise here
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # per-file load/save bars: noise
     try:
         run_command(argv)
     except (DGError, ConfigError) as error:

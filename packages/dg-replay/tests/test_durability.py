@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dg_core import Source
+from dg_core import ConfigError, Source
 from dg_replay import (
     MANIFEST_NAME,
     STORAGE_NAME,
@@ -223,3 +223,33 @@ def test_readers_in_other_processes_are_safe_while_one_writer_appends(tmp_path: 
         report = json.loads(out)
         assert report["rounds"] > 10
         assert 35 <= report["last_total"] <= 35 + 120 * 25
+
+
+def test_open_can_override_the_saved_expansion_search(tmp_path: Path) -> None:
+    buffer = saved_buffer(tmp_path / "b")
+    assert buffer.index.expansion_search == 64  # the default the snapshot records
+    expected = top_keys(buffer)
+    buffer.close()
+    with ReplayBuffer.open(tmp_path / "b", read_only=True, expansion_search=200) as reader:
+        assert reader.index.expansion_search == 200
+        assert top_keys(reader) == expected
+    with ReplayBuffer.open(tmp_path / "b", expansion_search=128) as writer:
+        assert writer.index.expansion_search == 128
+        assert top_keys(writer) == expected
+        writer.save()  # the manifest records the new width
+    with ReplayBuffer.open(tmp_path / "b", read_only=True) as reader:
+        assert reader.index.expansion_search == 128
+        assert json.loads((tmp_path / "b" / MANIFEST_NAME).read_text())["index_config"]["expansion_search"] == 128
+    with pytest.raises(ConfigError, match="expansion_search must be an integer >= 1"):
+        ReplayBuffer.open(tmp_path / "b", expansion_search=0)
+    with ReplayBuffer.open(tmp_path / "b") as writer:  # the refused open took no lock
+        assert writer.index.expansion_search == 128
+
+
+def test_open_sets_expansion_search_on_an_index_rebuilt_from_storage(tmp_path: Path) -> None:
+    buffer = ReplayBuffer.create(tmp_path / "b", encoder=HashingEncoder(64))
+    buffer.add(make_steps(20), "real", task=make_task())
+    buffer.close()  # never saved: open rebuilds the index
+    with ReplayBuffer.open(tmp_path / "b", expansion_search=300) as reopened:
+        assert reopened.index.expansion_search == 300
+        assert len(reopened.index) == 20

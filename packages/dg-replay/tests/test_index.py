@@ -78,3 +78,37 @@ def test_view_is_memory_mapped_and_read_only(tmp_path: Path) -> None:
     (tmp_path / "bad.usearch").write_bytes(b"not an index at all" * 10)
     with pytest.raises(ReplayFileError, match=r"bad\.usearch"):
         USearchIndex.load(tmp_path / "bad.usearch", config)
+
+
+def test_expansion_search_changes_on_a_built_index_without_rebuilding(tmp_path: Path) -> None:
+    # A deliberately sparse graph, so the search width visibly moves recall.
+    everything = clustered_unit_vectors(5200, 64, seed=4)
+    vectors, queries = everything[:5000], everything[5000:]
+    keys = np.arange(5000, dtype=np.int64)
+    index = USearchIndex(IndexConfig(dim=64, connectivity=4, expansion_add=8, expansion_search=10))
+    index.add(keys, vectors)
+    truth = exact_top_k(queries, keys, vectors, 10)
+
+    def recall() -> float:
+        found = index.search(queries, 10).keys
+        return float(np.mean([len(set(row.tolist()) & set(want)) / 10 for row, want in zip(found, truth, strict=True)]))
+
+    narrow = recall()
+    index.expansion_search = 256
+    assert index.expansion_search == 256
+    assert index.config.expansion_search == 256  # what the next snapshot records
+    assert index.config.connectivity == 4
+    wide = recall()
+    assert wide > narrow + 0.1
+    index.expansion_search = 10
+    assert recall() == pytest.approx(narrow)
+    for bad in (0, -3, 2.5, True, "64"):
+        with pytest.raises(ConfigError, match="expansion_search must be an integer >= 1"):
+            index.expansion_search = bad  # type: ignore[assignment]
+    assert index.expansion_search == 10
+
+    index.save(tmp_path / "i.usearch")
+    view = USearchIndex.view(tmp_path / "i.usearch", index.config)
+    view.expansion_search = 256  # search-time only: allowed on a read-only memory-mapped view
+    index.expansion_search = 256
+    np.testing.assert_array_equal(view.search(queries, 10).keys, index.search(queries, 10).keys)

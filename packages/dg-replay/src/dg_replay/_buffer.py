@@ -16,7 +16,7 @@ from dg_core import ConfigError, Source, Step, Task, Trajectory, read_trajectori
 from dg_replay._encoders import CachedEncoder, Encoder, minilm_encoder, normalize_rows
 from dg_replay._errors import ReplayError, ReplayFileError, ReplayMismatchError, ReplayReadOnlyError
 from dg_replay._filters import ReplayFilter, as_filter
-from dg_replay._index import IndexConfig, USearchIndex, as_matrix
+from dg_replay._index import IndexConfig, USearchIndex, as_matrix, checked_expansion
 from dg_replay._policies import EvictionPolicy, KeepAll, Sampler, UniformSampler
 from dg_replay._records import RetrievalQuery, Retrieved, StoredTransition, content_hash, key_text
 from dg_replay._retrieval import Tail, search_keys
@@ -159,6 +159,7 @@ class ReplayBuffer:
         encoder: Encoder | None = None,
         read_only: bool = False,
         verify: bool = True,
+        expansion_search: int | None = None,
         **parts: Any,
     ) -> ReplayBuffer:
         """Open a saved buffer: writable (index loaded into memory) or read-only (index memory-mapped).
@@ -169,16 +170,24 @@ class ReplayBuffer:
                 (hashing, offline MiniLM).
             read_only: Open for evaluation: nothing is written; safe beside a writing process.
             verify: Check the index file's checksum against the manifest.
+            expansion_search: Search width (HNSW ``ef``) to use instead of the one the snapshot was saved
+                with: larger is better recall and slower, no rebuild needed. Also settable later as
+                ``buffer.index.expansion_search``.
             **parts: ``sampler``, ``eviction``, ``seed``, ``exact_search_limit``.
         """
         folder = Path(directory)
+        if expansion_search is not None:
+            checked_expansion(expansion_search)
         if not (folder / STORAGE_NAME).is_file():
             raise ReplayFileError(folder / STORAGE_NAME, "no buffer here (use ReplayBuffer.create for a new one)")
         storage = SQLiteStorage(folder / STORAGE_NAME, read_only=read_only)
         try:
             encoder = encoder if encoder is not None else encoder_named(storage)
             manifest, index = open_snapshot(folder, encoder, read_only=read_only, verify=verify)
-            return cls(encoder=encoder, storage=storage, index=index, snapshot=manifest, **parts)
+            buffer = cls(encoder=encoder, storage=storage, index=index, snapshot=manifest, **parts)
+            if expansion_search is not None:
+                buffer.index.expansion_search = expansion_search  # also an index rebuilt from storage
+            return buffer
         except BaseException:
             storage.close()
             raise

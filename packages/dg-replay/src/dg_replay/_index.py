@@ -33,7 +33,9 @@ class IndexConfig(BaseModel):
     expansion_add: int = Field(default=128, ge=1)
     """Candidate list size while inserting (HNSW ``efConstruction``)."""
     expansion_search: int = Field(default=64, ge=1)
-    """Candidate list size while searching (HNSW ``ef``), raised to ``k`` when ``k`` is larger."""
+    """Candidate list size while searching (HNSW ``ef``), raised to ``k`` when ``k`` is larger. A search-time
+    setting only: change it on a built or opened index with :attr:`USearchIndex.expansion_search` (or
+    ``ReplayBuffer.open(..., expansion_search=)``) without rebuilding; larger is better recall and slower."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,13 @@ def as_matrix(vectors: Any, dim: int, what: str = "vectors") -> NDArray[np.float
     return np.ascontiguousarray(matrix)
 
 
+def checked_expansion(value: object) -> int:
+    """``value`` as a search width (HNSW ``ef``), or a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"expansion_search must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 class USearchIndex:
     """A USearch index with the guarantees the buffer relies on.
 
@@ -94,6 +103,21 @@ class USearchIndex:
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, int | np.integer) and bool(self._index.contains(int(key)))
+
+    @property
+    def expansion_search(self) -> int:
+        """Candidate list size of searches (HNSW ``ef``); settable at any time, read-only views included.
+
+        Only searches change (no rebuild): larger is better recall and slower. ``config`` follows the
+        new value, so the next snapshot records it.
+        """
+        return self.config.expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        checked = checked_expansion(value)
+        self._index.expansion_search = checked
+        self.config = self.config.model_copy(update={"expansion_search": checked})
 
     @property
     def memory_bytes(self) -> int:
