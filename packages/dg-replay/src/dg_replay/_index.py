@@ -116,7 +116,7 @@ class USearchIndex:
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
         checked = checked_expansion(value)
-        self._index.expansion_search = checked
+        self._index.expansion_search = checked  # type: ignore[misc]  # usearch declares the setter apart
         self.config = self.config.model_copy(update={"expansion_search": checked})
 
     @property
