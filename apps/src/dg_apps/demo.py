@@ -39,10 +39,10 @@ from dg_apps.rundir import RunDir
 from dg_apps.tasks import task_panel
 from dg_apps.training import run_train
 
-__all__ = ["run_demo"]
+__all__ = ["demo_output", "run_demo", "run_stage"]
 
 
-def _stage(
+def run_stage(
     parent: RunDir,
     name: str,
     command: str,
@@ -50,6 +50,10 @@ def _stage(
     body: Callable[[Any, RunDir], dict[str, Any]],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
+    """Run ``body(config, stage)`` in the run directory ``parent/name``, or return its metrics if it finished before.
+
+    A stage that was interrupted resumes (its directory keeps the config); a different config there is refused.
+    """
     run = RunDir.start(parent.path / name, command, config)
     if run.done:
         log(f"[{name}] done earlier, kept ({run.path})")
@@ -113,7 +117,7 @@ def run_demo(
     def collect(config_: CollectConfig, stage: RunDir) -> dict[str, Any]:
         return run_collect(config_, stage, progress=progress)
 
-    expert = _stage(
+    expert = run_stage(
         run, "01-collect-expert", "collect", CollectConfig(env=env, tasks="train", policy="expert"), collect, log
     )
     data = [expert["trajectories"]]
@@ -121,12 +125,14 @@ def run_demo(
         random_config = CollectConfig(
             env=env, tasks="train", policy="random", episodes_per_task=config.random_episodes_per_task, seed=1
         )
-        data.append(_stage(run, "02-collect-random", "collect", random_config, collect, log)["trajectories"])
+        data.append(run_stage(run, "02-collect-random", "collect", random_config, collect, log)["trajectories"])
     held_out_config = CollectConfig(env=env, tasks="validation", policy="noisy-expert", episodes_per_task=2, seed=2)
-    held_out = _stage(run, "03-collect-heldout", "collect", held_out_config, collect, log)["trajectories"]
+    held_out = run_stage(run, "03-collect-heldout", "collect", held_out_config, collect, log)["trajectories"]
 
     fit_config = FitConfig(data=data, expmodel=config.expmodel, trainer=config.trainer, seed=config.seed)
-    fit = _stage(run, "04-expmodel-fit", "expmodel fit", fit_config, lambda c, r: run_fit(c, r, progress=progress), log)
+    fit = run_stage(
+        run, "04-expmodel-fit", "expmodel fit", fit_config, lambda c, r: run_fit(c, r, progress=progress), log
+    )
     fit_dir = run.path / "04-expmodel-fit"
     audit_config = AuditConfig(
         expmodel=str(fit_dir),
@@ -135,7 +141,7 @@ def run_demo(
         ablations=False,
         permutations=50,
     )
-    audit = _stage(
+    audit = run_stage(
         run, "05-expmodel-audit", "expmodel audit", audit_config, lambda c, r: run_audit(c, r, progress=progress), log
     )
 
@@ -164,11 +170,11 @@ def run_demo(
         **train_common,
     )
     train = lambda c, r: run_train(c, r, progress=progress)  # noqa: E731
-    synthetic = _stage(run, "06-train-synthetic", "train", synthetic_config, train, log)
+    synthetic = run_stage(run, "06-train-synthetic", "train", synthetic_config, train, log)
     real_config = TrainConfig(
         where="real", curriculum=config.curriculum.model_copy(update={"enabled": False}), **train_common
     )
-    real = _stage(run, "07-train-real", "train", real_config, train, log)
+    real = run_stage(run, "07-train-real", "train", real_config, train, log)
 
     def evaluate(name: str, policy: str) -> dict[str, Any]:
         eval_config = EvalConfig(
@@ -178,7 +184,9 @@ def run_demo(
             seeds=config.eval_seeds,
             episodes_per_task=config.eval_episodes_per_task,
         )
-        return _stage(run, f"08-eval-{name}", "eval", eval_config, lambda c, r: run_eval(c, r, progress=progress), log)
+        return run_stage(
+            run, f"08-eval-{name}", "eval", eval_config, lambda c, r: run_eval(c, r, progress=progress), log
+        )
 
     rows = [
         _row("random actions", evaluate("random", "random"), "-", "-", "-"),

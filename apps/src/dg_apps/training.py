@@ -237,6 +237,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         seed=config.seed,
         task_source=source,
         on_batch=counters.on_batch,
+        max_batches=algo.steps,  # no batch collected ahead that training never uses
+        stop_when=lambda: counters.spent,  # nothing collected past the real budget
     )
     module: L.LightningModule
     if algo.name == "grpo":

@@ -187,3 +187,47 @@ def test_data_module_without_tasks_or_source_is_refused(make_policy: Callable[..
     engine = RolloutEngine(make_policy("choose"), EnvPool(lambda: ScriptedEnv(max_steps=4)))
     with pytest.raises(ConfigError, match="task_source"):
         RolloutDataModule(engine)
+
+
+def test_max_batches_collects_only_what_training_uses(make_policy: Callable[..., LMPolicy]) -> None:
+    policy = make_policy("choose")
+    engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=2, max_episode_tokens=64)
+    collected: list[int] = []
+
+    def data(**limits: object) -> RolloutDataModule:
+        return RolloutDataModule(
+            engine,
+            corridor_tasks(4),
+            tasks_per_step=2,
+            updates_per_batch=2,
+            on_batch=lambda r: collected.append(len(r.episodes)),
+            **limits,  # type: ignore[arg-type]
+        )
+
+    fit = trainer(6)
+    fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data())
+    assert fit.global_step == 6 and len(collected) == 4  # 3 batches trained on, one collected ahead
+    collected.clear()
+    fit = trainer(6)
+    fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data(max_batches=3))
+    assert fit.global_step == 6 and collected == [4, 4, 4]
+    with pytest.raises(ConfigError, match="max_batches"):
+        data(max_batches=0)
+
+
+def test_stop_when_ends_collection_and_training(make_policy: Callable[..., LMPolicy]) -> None:
+    policy = make_policy("choose")
+    engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=2, max_episode_tokens=64)
+    turns: list[int] = []
+    data = RolloutDataModule(
+        engine,
+        corridor_tasks(4),
+        tasks_per_step=2,
+        updates_per_batch=2,
+        on_batch=lambda r: turns.append(r.stats.turns),
+        stop_when=lambda: sum(turns) >= 1,  # a budget the first batch spends
+    )
+    fit = trainer(20)
+    fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data)
+    assert len(turns) == 1  # nothing collected past the budget
+    assert fit.global_step == 2  # the batch that spent it is still trained on, updates_per_batch times

@@ -38,7 +38,7 @@ class _RolloutStream(IterableDataset[RolloutBatch]):
         self.source = source
 
     def __iter__(self) -> Iterator[RolloutBatch]:
-        while True:
+        while not self.source.finished():
             batch = self.source.next_batch()
             for _ in range(self.source.updates_per_batch):
                 yield batch
@@ -60,6 +60,11 @@ class RolloutDataModule(L.LightningDataModule):
         task_source: A curriculum that picks the tasks of every batch and receives each task's group returns
             after collection. Under DDP each rank asks its own source (the draw is not shared).
         on_batch: Called with each collected batch's rollouts (for counters, logs, replay writes).
+        max_batches: Collect at most this many batches in all (set it to the run's ``max_steps`` divided by
+            ``updates_per_batch``): the loader collects one batch ahead of training, so without it the run's
+            last collection is never trained on.
+        stop_when: Asked before every collection; once it returns True nothing more is collected and the
+            trainer is told to stop (a real-transition budget: no transition is collected past it).
     """
 
     def __init__(
@@ -72,8 +77,12 @@ class RolloutDataModule(L.LightningDataModule):
         seed: int = 0,
         task_source: TaskSource | None = None,
         on_batch: Callable[[Rollouts], object] | None = None,
+        max_batches: int | None = None,
+        stop_when: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__()
+        if max_batches is not None and max_batches < 1:
+            raise ConfigError(f"max_batches must be >= 1, got {max_batches}")
         if not tasks and task_source is None:
             raise ConfigError("RolloutDataModule needs at least one task (or a task_source)")
         if tasks_per_step < 1 or updates_per_batch < 1:
@@ -85,6 +94,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.seed = seed
         self.task_source = task_source
         self.on_batch = on_batch
+        self.max_batches = max_batches
+        self.stop_when = stop_when
         self.step = 0
         self.consumed = 0
         self.last_stats: RolloutStats | None = None
@@ -107,6 +118,16 @@ class RolloutDataModule(L.LightningDataModule):
         else:
             drawn = [rng.choice(self.tasks) for _ in range(needed)]
         return drawn[rank * self.tasks_per_step : (rank + 1) * self.tasks_per_step]
+
+    def finished(self) -> bool:
+        """Whether no more batches will be collected (``max_batches`` reached or ``stop_when`` says so)."""
+        done = (self.max_batches is not None and self.step >= self.max_batches) or (
+            self.stop_when is not None and bool(self.stop_when())
+        )
+        trainer = getattr(self, "trainer", None)
+        if done and trainer is not None:
+            trainer.should_stop = True  # an exhausted stream must not start an empty epoch after another
+        return done
 
     def next_batch(self) -> RolloutBatch:
         """Collect the next batch with the current policy."""

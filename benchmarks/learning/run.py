@@ -1,0 +1,469 @@
+"""Does DreamGym's shape hold at our scale? Real-env GRPO vs GRPO in synthetic experience, S2R and ablations.
+
+One command runs every method on one environment with several training seeds, the same policy model and
+the same number of policy updates, and evaluates each trained policy on held-out real test tasks:
+
+1. the initial policy (untrained tiny LM, built per seed);
+2. GRPO in the real environment (real transitions counted);
+3. DreamGym: GRPO purely in the synthetic environment (experience model + replay + curriculum; 0 real
+   on-policy transitions);
+4. DreamGym-S2R: the DreamGym policy, then a real phase limited to ``s2r_fraction`` of method 2's real
+   transitions;
+5. ablations of 3: no replay retrieval (experience model trained and run with top_k=0), no reasoning
+   (trained and run without reasoning traces), no curriculum (uniform task draws);
+6. with ``--sweeps``: retrieval k and history window (one experience model per value) and lambda (the
+   generated-task share, with task generation switched on), on the first seed.
+
+The experience models are fitted once per variant (offline data and fit seed fixed); the seeds vary the
+policy's initialisation, its rollouts and the curriculum. Each experience model's audit (eps_R, eps_P on
+held-out real trajectories) sits beside the results it produced.
+
+Every stage is a dg run directory under ``--output`` (an interrupted benchmark, run again, keeps finished
+stages). Results: ``benchmarks/results/learning_<env>.{json,md,png}``.
+
+    python benchmarks/learning/run.py                          # TextWorld, seeds 0 1 2 (about 50 min on 2 cores)
+    python benchmarks/learning/run.py --config alfworld        # ALFWorld-format problems
+    python benchmarks/learning/run.py --sweeps                 # also the k / lambda / history sweeps
+    python benchmarks/learning/run.py --config quick --seeds 0 # smoke size
+    nox -s bench -- learning [args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from dg_apps.commands import run_audit, run_collect, run_fit
+from dg_apps.config import (
+    AuditConfig,
+    CollectConfig,
+    DemoConfig,
+    EvalConfig,
+    ExpModelConfig,
+    FitConfig,
+    TrainConfig,
+    load_config,
+)
+from dg_apps.demo import run_stage
+from dg_apps.evaluation import run_eval
+from dg_apps.models import build_policy, read_data, save_policy
+from dg_apps.plots import success_bars
+from dg_apps.rundir import RunDir
+from dg_apps.tasks import task_panel
+from dg_apps.training import run_train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parents[0] / "results"
+
+
+class LearningConfig(DemoConfig):
+    """The demo's settings plus the benchmark's own."""
+
+    s2r_fraction: float = Field(default=0.1, gt=0, le=1)
+    """Real transitions of the S2R real phase, as a share of the real-env GRPO run's."""
+    s2r_real_steps: int = Field(default=4, ge=1)
+    """Rollout batches of the S2R real phase at most (it also stops at its real budget)."""
+    eval_episodes_per_task: int = Field(default=4, ge=1)
+    sweep_top_k: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    sweep_history: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    sweep_lambda: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5])
+    sweep_grow_every: int = Field(default=2, ge=1)
+    """Task-generation period of the lambda sweep (generated tasks only exist when generation is on)."""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+class Benchmark:
+    """Stages in ``root`` (one dg run directory each), shared where they do not depend on the seed."""
+
+    def __init__(self, config: LearningConfig, root: RunDir, progress: bool) -> None:
+        self.config = config
+        self.root = root
+        self.progress = progress
+        self.data: list[str] = []
+        self.held_out = ""
+        self.fits: dict[str, Path] = {}
+        self.audits: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, tuple[ExpModelConfig, Path]] = {}
+
+    def stage(self, name: str, command: str, config: Any, body: Any) -> dict[str, Any]:
+        return run_stage(self.root, name, command, config, body, log)
+
+    # -- shared: data, experience models, audits ------------------------------------------------------
+    def collect(self) -> None:
+        env = self.config.env
+
+        def collect(config: CollectConfig, stage: RunDir) -> dict[str, Any]:
+            return run_collect(config, stage, progress=self.progress)
+
+        expert = self.stage("data-expert", "collect", CollectConfig(env=env, tasks="train", policy="expert"), collect)
+        self.data = [expert["trajectories"]]
+        if self.config.random_episodes_per_task:
+            random = CollectConfig(
+                env=env,
+                tasks="train",
+                policy="random",
+                episodes_per_task=self.config.random_episodes_per_task,
+                seed=1,
+            )
+            self.data.append(self.stage("data-random", "collect", random, collect)["trajectories"])
+        held_out = CollectConfig(env=env, tasks="validation", policy="noisy-expert", episodes_per_task=2, seed=2)
+        self.held_out = self.stage("data-heldout", "collect", held_out, collect)["trajectories"]
+
+    def expmodel(self, variant: str, expmodel: ExpModelConfig) -> Path:
+        """Fit (once) and audit an experience model variant; its run directory."""
+        if variant in self.fits:
+            return self.fits[variant]
+        for known, (other, folder) in self.models.items():
+            if other == expmodel:  # the same model under another name (a sweep's default value): fit once
+                self.fits[variant], self.audits[variant] = folder, self.audits[known]
+                return folder
+        fit = FitConfig(data=self.data, expmodel=expmodel, trainer=self.config.trainer, seed=self.config.seed)
+        self.stage(f"expmodel-{variant}", "expmodel fit", fit, lambda c, r: run_fit(c, r, progress=self.progress))
+        folder = self.root.path / f"expmodel-{variant}"
+        audit = AuditConfig(
+            expmodel=str(folder),
+            held_out=[self.held_out],
+            open_loop_episodes=self.config.audit_open_loop,
+            ablations=False,
+            permutations=50,
+        )
+        metrics = self.stage(
+            f"audit-{variant}", "expmodel audit", audit, lambda c, r: run_audit(c, r, progress=self.progress)
+        )
+        self.audits[variant] = {key: metrics[key] for key in ("eps_R", "eps_P", "parse_failure_rate")}
+        self.fits[variant] = folder
+        self.models[variant] = (expmodel, folder)
+        return folder
+
+    # -- per seed -----------------------------------------------------------------------------------
+    def initial_policy(self, seed: int) -> Path:
+        folder = self.root.path / f"policy-initial-s{seed}"
+        if not (folder / "policy.json").exists():
+            trajectories = read_data(self.data)
+            tasks = task_panel(self.config.env, "train")
+            save_policy(
+                build_policy(self.config.policy, trajectories=trajectories, tasks=tasks, seed=seed),
+                self.config.policy,
+                folder,
+            )
+        return folder
+
+    def train(self, name: str, config: TrainConfig) -> dict[str, Any]:
+        return self.stage(name, "train", config, lambda c, r: run_train(c, r, progress=self.progress))
+
+    def evaluate(self, name: str, policy: str, seed: int) -> float:
+        config = EvalConfig(
+            env=self.config.env,
+            tasks="test",
+            policy=policy,
+            seeds=[seed],
+            episodes_per_task=self.config.eval_episodes_per_task,
+        )
+        metrics = self.stage(f"eval-{name}", "eval", config, lambda c, r: run_eval(c, r, progress=self.progress))
+        return float(metrics["mean"])
+
+    def common(self, seed: int, **update: Any) -> dict[str, Any]:
+        policy = self.config.policy.model_copy(update={"model": str(self.initial_policy(seed))})
+        return {
+            "env": self.config.env,
+            "tasks": "train",
+            "data": self.data,
+            "policy": policy,
+            "algorithm": self.config.algorithm,
+            "trainer": self.config.trainer,
+            "seed": seed,
+            **update,
+        }
+
+    def synthetic(self, name: str, seed: int, fit: Path, **update: Any) -> dict[str, Any]:
+        config = TrainConfig(
+            **self.common(
+                seed,
+                where="synthetic",
+                expmodel=str(fit),
+                curriculum=update.pop("curriculum", self.config.curriculum),
+                synthetic=update.pop("synthetic", self.config.synthetic),
+                **update,
+            )
+        )
+        return self.train(name, config)
+
+
+def record(
+    results: dict[str, list[dict[str, Any]]], method: str, seed: int, success: float, train: dict[str, Any] | None
+) -> None:
+    entry: dict[str, Any] = {"seed": seed, "success": success}
+    if train is not None:
+        entry.update(
+            real_transitions=train["real_transitions"],
+            synthetic_transitions=train["synthetic_transitions"],
+            optimizer_steps=train["optimizer_steps"],
+            seconds=train["seconds"],
+        )
+    results.setdefault(method, []).append(entry)
+
+
+def run_seed(bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[str, list[dict[str, Any]]]) -> None:
+    config = bench.config
+    tag = f"s{seed}"
+    initial = bench.initial_policy(seed)
+    record(results, "initial policy", seed, bench.evaluate(f"initial-{tag}", str(initial), seed), None)
+
+    no_curriculum = config.curriculum.model_copy(update={"enabled": False})
+    real = bench.train(f"real-{tag}", TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum)))
+    record(
+        results,
+        "GRPO in real env",
+        seed,
+        bench.evaluate(f"real-{tag}", str(bench.root.path / f"real-{tag}" / "policy"), seed),
+        real,
+    )
+
+    dreamgym = bench.synthetic(f"dreamgym-{tag}", seed, fits["full"])
+    folder = bench.root.path / f"dreamgym-{tag}"
+    record(
+        results,
+        "DreamGym (synthetic only)",
+        seed,
+        bench.evaluate(f"dreamgym-{tag}", str(folder / "policy"), seed),
+        dreamgym,
+    )
+
+    budget = max(1, math.ceil(config.s2r_fraction * real["real_transitions"]))
+    s2r_policy = config.policy.model_copy(update={"model": str(folder / "policy"), "lora": False})
+    s2r_config = TrainConfig(
+        **bench.common(
+            seed,
+            where="real",
+            policy=s2r_policy,
+            curriculum=no_curriculum,
+            algorithm=config.algorithm.model_copy(update={"steps": config.s2r_real_steps}),
+            real_budget=budget,
+        )
+    )
+    s2r_real = bench.train(f"s2r-real-{tag}", s2r_config)
+    combined = {
+        "real_transitions": s2r_real["real_transitions"],
+        "synthetic_transitions": dreamgym["synthetic_transitions"],
+        "optimizer_steps": dreamgym["optimizer_steps"] + s2r_real["optimizer_steps"],
+        "seconds": dreamgym["seconds"] + s2r_real["seconds"],
+    }
+    s2r_folder = bench.root.path / f"s2r-real-{tag}" / "policy"
+    record(
+        results,
+        f"DreamGym-S2R ({config.s2r_fraction:.0%} real budget)",
+        seed,
+        bench.evaluate(f"s2r-{tag}", str(s2r_folder), seed),
+        combined,
+    )
+
+    for method, name, fit, update in (
+        ("ablation: no replay retrieval", "no-replay", fits["no-replay"], {}),
+        ("ablation: no reasoning", "no-reasoning", fits["no-reasoning"], {}),
+        ("ablation: no curriculum", "no-curriculum", fits["full"], {"curriculum": no_curriculum}),
+    ):
+        train = bench.synthetic(f"{name}-{tag}", seed, fit, **update)
+        policy = str(bench.root.path / f"{name}-{tag}" / "policy")
+        record(results, method, seed, bench.evaluate(f"{name}-{tag}", policy, seed), train)
+
+
+def run_sweeps(bench: Benchmark, seed: int) -> list[dict[str, Any]]:
+    config = bench.config
+    rows: list[dict[str, Any]] = []
+    tag = f"s{seed}"
+    for k in config.sweep_top_k:
+        fit = bench.expmodel(f"k{k}", config.expmodel.model_copy(update={"top_k": k}))
+        name = f"dreamgym-{tag}" if k == config.expmodel.top_k else f"sweep-k{k}-{tag}"  # the default: reuse
+        train = bench.synthetic(name, seed, fit)
+        success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
+        rows.append({"sweep": "retrieval k", "value": k, "success": success, "expmodel": f"k{k}", **_cost(train)})
+    for window in config.sweep_history:
+        fit = bench.expmodel(f"h{window}", config.expmodel.model_copy(update={"history_window": window}))
+        name = f"dreamgym-{tag}" if window == config.expmodel.history_window else f"sweep-h{window}-{tag}"
+        train = bench.synthetic(name, seed, fit)
+        success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
+        rows.append(
+            {"sweep": "history window", "value": window, "success": success, "expmodel": f"h{window}", **_cost(train)}
+        )
+    for share in config.sweep_lambda:
+        curriculum = config.curriculum.model_copy(
+            update={"generated_share": share, "grow_every": config.sweep_grow_every, "enabled": True}
+        )
+        name = f"sweep-lambda{share:g}-{tag}"
+        train = bench.synthetic(name, seed, bench.fits["full"], curriculum=curriculum)
+        success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
+        cur = train.get("curriculum", {})
+        rows.append(
+            {
+                "sweep": "lambda (generated share)",
+                "value": share,
+                "success": success,
+                "expmodel": "full",
+                "generated_drawn": cur.get("generated"),
+                "generator_rejects": cur.get("generator_rejects"),
+                **_cost(train),
+            }
+        )
+    return rows
+
+
+def _cost(train: dict[str, Any]) -> dict[str, Any]:
+    return {key: train[key] for key in ("synthetic_transitions", "optimizer_steps", "seconds")}
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for method, entries in results.items():
+        mean, sd = _mean_sd([entry["success"] for entry in entries])
+        row: dict[str, Any] = {
+            "method": method,
+            "mean": mean,
+            "std": sd,
+            "per_seed": [entry["success"] for entry in entries],
+        }
+        for key in ("real_transitions", "synthetic_transitions", "optimizer_steps", "seconds"):
+            values = [entry[key] for entry in entries if key in entry]
+            row[key] = statistics.fmean(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any, pattern: str = ",.0f") -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def markdown(
+    config: LearningConfig, name: str, rows: list[dict[str, Any]], audits: dict[str, Any], sweeps: list[dict[str, Any]]
+) -> str:
+    env = config.env
+    lines = [
+        f"# Learning benchmark: {name}",
+        "",
+        f"{env.name} ({env.suite if env.name == 'textworld' else 'generated problems'}, {env.games} games/problems, "
+        f"max {env.max_steps} steps); held-out test split; {len(rows[0]['per_seed'])} training seeds, each policy "
+        f"evaluated on the test split with {config.eval_episodes_per_task} episodes per task. GRPO, "
+        f"{config.algorithm.steps} rollout batches x {config.algorithm.updates_per_batch} updates, "
+        f"{config.algorithm.tasks_per_step} tasks x {config.algorithm.group_size} episodes per batch.",
+        "",
+        "| method | held-out success (mean ± sd over seeds) | per seed | real transitions | synthetic transitions | "
+        "policy updates | training s (mean) | experience model eps_R / eps_P |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    model_of = {
+        "DreamGym (synthetic only)": "full",
+        "ablation: no curriculum": "full",
+        "ablation: no replay retrieval": "no-replay",
+        "ablation: no reasoning": "no-reasoning",
+    }
+    for row in rows:
+        spread = "n/a" if row["std"] != row["std"] else f"{row['std']:.3f}"
+        seeds = " / ".join(f"{value:.2f}" for value in row["per_seed"])
+        variant = model_of.get(row["method"], "full" if row["method"].startswith("DreamGym-S2R") else None)
+        fidelity = "-" if variant is None else f"{audits[variant]['eps_R']:.3f} / {audits[variant]['eps_P']:.3f}"
+        lines.append(
+            f"| {row['method']} | {row['mean']:.3f} ± {spread} | {seeds} | {_cell(row['real_transitions'])} | "
+            f"{_cell(row['synthetic_transitions'])} | {_cell(row['optimizer_steps'])} | {_cell(row['seconds'])} | "
+            f"{fidelity} |"
+        )
+    lines += ["", "Experience models (audited on held-out real trajectories, teacher-forced):", ""]
+    lines += ["| variant | eps_R | eps_P | parse failures |", "| --- | --- | --- | --- |"]
+    for variant, audit in audits.items():
+        lines.append(f"| {variant} | {audit['eps_R']:.3f} | {audit['eps_P']:.3f} | {audit['parse_failure_rate']:.1%} |")
+    if sweeps:
+        lines += ["", "Sweeps (first seed, DreamGym synthetic-only training):", ""]
+        lines += ["| sweep | value | held-out success | synthetic transitions | training s | note |"]
+        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        for row in sweeps:
+            note = ""
+            if "generator_rejects" in row:
+                drawn, rejects = row.get("generated_drawn"), row.get("generator_rejects")
+                note = f"generated tasks drawn {drawn}; generator rejects {rejects}"
+            lines.append(
+                f"| {row['sweep']} | {row['value']} | {row['success']:.3f} | {row['synthetic_transitions']:,} | "
+                f"{row['seconds']:.0f} | {note} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config", default="textworld", help="textworld, alfworld, quick, or a YAML file of LearningConfig keys"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sweeps", action="store_true", help="also the retrieval-k / history / lambda sweeps")
+    parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-learning-NAME)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+    path = Path(args.config)
+    name = path.stem if path.suffix in (".yaml", ".yml") else args.config
+    if path.suffix not in (".yaml", ".yml"):
+        path = HERE / f"{args.config}.yaml"
+        if not path.exists():
+            sys.exit(f"unknown --config {args.config!r}: give textworld, alfworld, quick or a YAML file")
+    config = load_config(LearningConfig, path, args.overrides)
+    output = args.output or Path("runs") / f"bench-learning-{name}"
+    root = RunDir.start(output, "bench learning", config)
+    started = time.perf_counter()
+    bench = Benchmark(config, root, progress=not args.no_progress)
+    log(f"learning benchmark {name}: seeds {args.seeds}, run directories in {output}")
+    bench.collect()
+    fits = {
+        "full": bench.expmodel("full", config.expmodel),
+        "no-replay": bench.expmodel("no-replay", config.expmodel.model_copy(update={"top_k": 0})),
+        "no-reasoning": bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False})),
+    }
+    results: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:
+        run_seed(bench, seed, fits, results)
+    sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
+    rows = summarise(results)
+    table = markdown(config, name, rows, bench.audits, sweeps)
+    seconds = time.perf_counter() - started
+    report = {
+        "name": name,
+        "config": config.model_dump(mode="json"),
+        "seeds": args.seeds,
+        "rows": rows,
+        "per_seed": results,
+        "expmodels": bench.audits,
+        "sweeps": sweeps,
+        "seconds": seconds,
+        "machine": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"learning_{name}.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.results / f"learning_{name}.md").write_text(table + f"\n\nTotal {seconds / 60:.0f} min.\n")
+    success_bars(rows, args.results / f"learning_{name}.png", title=f"{name}: held-out success")
+    root.write_metrics(report)
+    root.write_summary(table)
+    root.finish()
+    log("\n" + table + f"\n\nTotal {seconds / 60:.1f} min; results in {args.results}/learning_{name}.*")
+
+
+if __name__ == "__main__":
+    main()
