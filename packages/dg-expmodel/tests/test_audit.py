@@ -118,3 +118,20 @@ def test_audit_of_an_untrained_llm_counts_parse_failures(tiny_model: Any, tokeni
         assert row.applied
         assert row.teacher_forced.parse_failure_rate == 1.0
         assert row.open_loop is not None and row.open_loop.first_failure == {"parse_failure": 3}
+
+
+def test_ablations_only_take_ingredients_away(tiny_model: Any, tokenizer: Any) -> None:
+    from dg_expmodel._audit import model_for
+
+    backend = TransformersBackend(tiny_model, tokenizer)
+    without = LLMExperienceModel(backend, options=PromptOptions(reasoning=False, max_retrieved=0))
+    with_reasoning = LLMExperienceModel(backend, options=PromptOptions(reasoning=True, max_retrieved=0))
+    full, no_reasoning = ABLATIONS[0], ABLATIONS[2]
+    assert no_reasoning.name == "no_reasoning"
+    # A model trained without reasoning is audited without it, in the "full" row too.
+    variant, applied = model_for(without, full, without.options)
+    assert applied and variant.options.reasoning is False  # type: ignore[attr-defined]
+    variant, _ = model_for(with_reasoning, full, with_reasoning.options)
+    assert variant.options.reasoning is True  # type: ignore[attr-defined]
+    variant, _ = model_for(with_reasoning, no_reasoning, with_reasoning.options)
+    assert variant.options.reasoning is False  # type: ignore[attr-defined]

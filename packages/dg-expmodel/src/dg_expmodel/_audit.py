@@ -332,5 +332,6 @@ def model_for(model: ExperienceModel, ablation: Ablation, options: PromptOptions
     with_options = getattr(model, "with_options", None)
     if with_options is None:
         return model, ablation.reasoning
-    variant = options.model_copy(update={"reasoning": ablation.reasoning})
+    # An ablation only takes ingredients away: a model trained without reasoning is audited without it.
+    variant = options.model_copy(update={"reasoning": options.reasoning and ablation.reasoning})
     return with_options(variant), True
