@@ -120,12 +120,12 @@ def test_train_real_stops_at_the_real_budget_and_eval_reads_the_policy(workspace
     metrics = dg(
         "train", *SCRIPTED_ENV, *TINY_POLICY, "--set", "where=real", "--set", f"data=[{expert_data}]",
         "--set", "algorithm.steps=50", "--set", "algorithm.tasks_per_step=2", "--set", "algorithm.group_size=2",
-        "--set", "algorithm.updates_per_batch=1", "--set", "real_budget=20", "--set", "curriculum.enabled=false",
+        "--set", "algorithm.updates_per_batch=2", "--set", "real_budget=20", "--set", "curriculum.enabled=false",
         "--output", str(out),
     )  # fmt: skip
     assert metrics["synthetic_transitions"] == 0
     assert 20 <= metrics["real_transitions"] < 20 + 2 * 2 * 6  # the batch that crossed the budget, no more
-    assert metrics["optimizer_steps"] < 50
+    assert metrics["optimizer_steps"] == 2 * metrics["rollout_batches"] < 100  # every batch trained on twice
     evaluation = dg(
         "eval", *SCRIPTED_ENV, "--set", f"policy={out}", "--set", "seeds=[0, 1]", "--set", "episodes_per_task=1",
         "--output", str(workspace / "eval-real"),

@@ -27,7 +27,10 @@ __all__ = ["RunCounters", "run_train"]
 
 
 class RunCounters(Callback):
-    """Counts what the run consumed (real and synthetic transitions, episodes) and stops at a real budget.
+    """Counts what the run consumed (real and synthetic transitions, episodes); ``spent`` says when a real budget is.
+
+    The data module asks ``spent`` before every collection (``stop_when``), so the batch that crosses the budget
+    is still trained on, ``updates_per_batch`` times, and nothing is collected after it.
 
     Its state is saved in checkpoints, so a resumed run keeps counting where it stopped.
     """
@@ -63,10 +66,6 @@ class RunCounters(Callback):
     def spent(self) -> bool:
         """Whether the real-transition budget is used up."""
         return self.budget is not None and self.real_transitions >= self.budget
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.spent:
-            trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
         return {
