@@ -290,15 +290,18 @@ def run_sweeps(bench: Benchmark, seed: int) -> list[dict[str, Any]]:
     config = bench.config
     rows: list[dict[str, Any]] = []
     tag = f"s{seed}"
+    # A sweep value whose experience model is one of the main runs' reuses that run.
+    main_run = {bench.fits["full"]: "dreamgym", bench.fits["no-replay"]: "no-replay"}
+    main_run[bench.fits["no-reasoning"]] = "no-reasoning"
     for k in config.sweep_top_k:
         fit = bench.expmodel(f"k{k}", config.expmodel.model_copy(update={"top_k": k}))
-        name = f"dreamgym-{tag}" if k == config.expmodel.top_k else f"sweep-k{k}-{tag}"  # the default: reuse
+        name = f"{main_run[fit]}-{tag}" if fit in main_run else f"sweep-k{k}-{tag}"
         train = bench.synthetic(name, seed, fit)
         success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
         rows.append({"sweep": "retrieval k", "value": k, "success": success, "expmodel": f"k{k}", **_cost(train)})
     for window in config.sweep_history:
         fit = bench.expmodel(f"h{window}", config.expmodel.model_copy(update={"history_window": window}))
-        name = f"dreamgym-{tag}" if window == config.expmodel.history_window else f"sweep-h{window}-{tag}"
+        name = f"{main_run[fit]}-{tag}" if fit in main_run else f"sweep-h{window}-{tag}"
         train = bench.synthetic(name, seed, fit)
         success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
         rows.append(
