@@ -178,7 +178,8 @@ class Benchmark:
             seeds=[seed],
             episodes_per_task=self.config.eval_episodes_per_task,
         )
-        metrics = self.stage(f"eval-{name}", "eval", config, lambda c, r: run_eval(c, r, progress=self.progress))
+        stage = f"eval{config.episodes_per_task}-{name}"
+        metrics = self.stage(stage, "eval", config, lambda c, r: run_eval(c, r, progress=self.progress))
         return float(metrics["mean"])
 
     def common(self, seed: int, **update: Any) -> dict[str, Any]:
@@ -430,7 +431,10 @@ def main() -> None:
             sys.exit(f"unknown --config {args.config!r}: give textworld, alfworld, quick or a YAML file")
     config = load_config(LearningConfig, path, args.overrides)
     output = args.output or Path("runs") / f"bench-learning-{name}"
-    root = RunDir.start(output, "bench learning", config)
+    # The folder of the stages; each stage is a dg run directory that refuses a changed config, so a stage
+    # whose settings changed gets a new name (evaluations carry their episode count in theirs).
+    output.mkdir(parents=True, exist_ok=True)
+    root = RunDir(output, "bench learning", resumed=False)
     started = time.perf_counter()
     bench = Benchmark(config, root, progress=not args.no_progress)
     log(f"learning benchmark {name}: seeds {args.seeds}, run directories in {output}")
@@ -462,9 +466,8 @@ def main() -> None:
     (args.results / f"learning_{name}.json").write_text(json.dumps(report, indent=2, default=str))
     (args.results / f"learning_{name}.md").write_text(table + f"\n\nTotal {seconds / 60:.0f} min.\n")
     success_bars(rows, args.results / f"learning_{name}.png", title=f"{name}: held-out success")
-    root.write_metrics(report)
-    root.write_summary(table)
-    root.finish()
+    (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    (output / "summary.md").write_text(table + "\n")
     log("\n" + table + f"\n\nTotal {seconds / 60:.1f} min; results in {args.results}/learning_{name}.*")
 
 
