@@ -43,10 +43,9 @@ from typing import Any
 
 from pydantic import Field
 
-from dg_apps.commands import run_audit, run_collect, run_fit
+from dg_apps.commands import run_audit, run_fit
 from dg_apps.config import (
     AuditConfig,
-    CollectConfig,
     DemoConfig,
     EvalConfig,
     ExpModelConfig,
@@ -54,12 +53,10 @@ from dg_apps.config import (
     TrainConfig,
     load_config,
 )
-from dg_apps.demo import run_stage
+from dg_apps.demo import collect_data, initial_policy, run_stage
 from dg_apps.evaluation import run_eval
-from dg_apps.models import build_policy, read_data, save_policy
 from dg_apps.plots import success_bars
 from dg_apps.rundir import RunDir
-from dg_apps.tasks import task_panel
 from dg_apps.training import run_train
 
 HERE = Path(__file__).resolve().parent
@@ -109,24 +106,7 @@ class Benchmark:
 
     # -- shared: data, experience models, audits ------------------------------------------------------
     def collect(self) -> None:
-        env = self.config.env
-
-        def collect(config: CollectConfig, stage: RunDir) -> dict[str, Any]:
-            return run_collect(config, stage, progress=self.progress)
-
-        expert = self.stage("data-expert", "collect", CollectConfig(env=env, tasks="train", policy="expert"), collect)
-        self.data = [expert["trajectories"]]
-        if self.config.random_episodes_per_task:
-            random = CollectConfig(
-                env=env,
-                tasks="train",
-                policy="random",
-                episodes_per_task=self.config.random_episodes_per_task,
-                seed=1,
-            )
-            self.data.append(self.stage("data-random", "collect", random, collect)["trajectories"])
-        held_out = CollectConfig(env=env, tasks="validation", policy="noisy-expert", episodes_per_task=2, seed=2)
-        self.held_out = self.stage("data-heldout", "collect", held_out, collect)["trajectories"]
+        self.data, self.held_out = collect_data(self.config, self.root, progress=self.progress, log=log)
 
     def expmodel(self, variant: str, expmodel: ExpModelConfig) -> Path:
         """Fit (once) and audit an experience model variant; its run directory."""
@@ -156,16 +136,7 @@ class Benchmark:
 
     # -- per seed -----------------------------------------------------------------------------------
     def initial_policy(self, seed: int) -> Path:
-        folder = self.root.path / f"policy-initial-s{seed}"
-        if not (folder / "policy.json").exists():
-            trajectories = read_data(self.data)
-            tasks = task_panel(self.config.env, "train")
-            save_policy(
-                build_policy(self.config.policy, trajectories=trajectories, tasks=tasks, seed=seed),
-                self.config.policy,
-                folder,
-            )
-        return folder
+        return initial_policy(self.config, self.data, self.root.path / f"policy-initial-s{seed}", seed=seed)
 
     def train(self, name: str, config: TrainConfig) -> dict[str, Any]:
         return self.stage(name, "train", config, lambda c, r: run_train(c, r, progress=self.progress))

@@ -17,6 +17,7 @@ Every command writes one run directory (see ``dg_apps.rundir``). Config errors n
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,58 +43,56 @@ from dg_core import ConfigError, DGError
 __all__ = ["COMMANDS", "config_path", "main", "shipped_configs"]
 
 
-def _collect(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.commands import run_collect
-
-    return run_collect(config, run, progress=progress)
-
-
-def _fit(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.commands import run_fit
-
-    return run_fit(config, run, progress=progress)
-
-
-def _audit(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.commands import run_audit
-
-    return run_audit(config, run, progress=progress)
-
-
-def _train(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.training import run_train
-
-    return run_train(config, run, progress=progress)
-
-
-def _s2r(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.commands import run_s2r
-
-    return run_s2r(config, run, progress=progress)
-
-
-def _eval(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.evaluation import run_eval
-
-    return run_eval(config, run, progress=progress)
-
-
-def _demo(config: Any, run: RunDir, progress: bool) -> dict[str, Any]:
-    from dg_apps.demo import run_demo
-
-    return run_demo(config, run, progress=progress)
-
-
 Runner = Callable[[Any, RunDir, bool], dict[str, Any]]
 
+
+def _lazy(module: str, function: str) -> Runner:
+    """``module.function(config, run, progress=...)``, imported on first use (torch and friends load slowly)."""
+
+    def run(config: Any, run_dir: RunDir, progress: bool) -> dict[str, Any]:
+        runner = getattr(importlib.import_module(module), function)
+        result: dict[str, Any] = runner(config, run_dir, progress=progress)
+        return result
+
+    return run
+
+
 COMMANDS: dict[str, tuple[type[BaseModel], Runner, str]] = {
-    "collect": (CollectConfig, _collect, "offline trajectories from a real env (expert / random / noisy / checkpoint)"),
-    "expmodel fit": (FitConfig, _fit, "seed the replay buffer, annotate, fine-tune the experience model"),
-    "expmodel audit": (AuditConfig, _audit, "fidelity report: eps_R, eps_P, hallucination, open loop, ablations"),
-    "train": (TrainConfig, _train, "GRPO / PPO in the synthetic env (or the real one: where=real)"),
-    "s2r": (S2RConfig, _s2r, "synthetic phase, then a real phase with a budget of real transitions"),
-    "eval": (EvalConfig, _eval, "a checkpoint or baseline on a panel of real tasks, several seeds"),
-    "demo": (DemoConfig, _demo, "the DreamGym loop on TextWorld end to end (tiny models, CPU)"),
+    "collect": (
+        CollectConfig,
+        _lazy("dg_apps.commands", "run_collect"),
+        "offline trajectories from a real env (expert / random / noisy / checkpoint)",
+    ),
+    "expmodel fit": (
+        FitConfig,
+        _lazy("dg_apps.commands", "run_fit"),
+        "seed the replay buffer, annotate, fine-tune the experience model",
+    ),
+    "expmodel audit": (
+        AuditConfig,
+        _lazy("dg_apps.commands", "run_audit"),
+        "fidelity report: eps_R, eps_P, hallucination, open loop, ablations",
+    ),
+    "train": (
+        TrainConfig,
+        _lazy("dg_apps.training", "run_train"),
+        "GRPO / PPO in the synthetic env (or the real one: where=real)",
+    ),
+    "s2r": (
+        S2RConfig,
+        _lazy("dg_apps.commands", "run_s2r"),
+        "synthetic phase, then a real phase with a budget of real transitions",
+    ),
+    "eval": (
+        EvalConfig,
+        _lazy("dg_apps.evaluation", "run_eval"),
+        "a checkpoint or baseline on a panel of real tasks, several seeds",
+    ),
+    "demo": (
+        DemoConfig,
+        _lazy("dg_apps.demo", "run_demo"),
+        "the DreamGym loop on TextWorld end to end (tiny models, CPU)",
+    ),
 }
 
 

@@ -39,7 +39,7 @@ from dg_apps.rundir import RunDir
 from dg_apps.tasks import task_panel
 from dg_apps.training import run_train
 
-__all__ = ["demo_output", "run_demo", "run_stage"]
+__all__ = ["collect_data", "demo_output", "initial_policy", "run_demo", "run_stage"]
 
 
 def run_stage(
@@ -105,14 +105,14 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def run_demo(
+def collect_data(
     config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = _print
-) -> dict[str, Any]:
-    """Run every stage of the demo in ``run``; returns the results (also in ``results.json``)."""
-    started = time.perf_counter()
+) -> tuple[list[str], str]:
+    """Stages 01-03: expert (and random) trajectories on the train split, noisy-expert ones on validation.
+
+    Returns the training data files and the held-out file (for the audit).
+    """
     env = config.env
-    test_tasks = task_panel(env, "test")
-    log(f"TextWorld suite: {env.suite} {env.settings}, {env.games} games; held-out test panel: {len(test_tasks)} games")
 
     def collect(config_: CollectConfig, stage: RunDir) -> dict[str, Any]:
         return run_collect(config_, stage, progress=progress)
@@ -128,6 +128,30 @@ def run_demo(
         data.append(run_stage(run, "02-collect-random", "collect", random_config, collect, log)["trajectories"])
     held_out_config = CollectConfig(env=env, tasks="validation", policy="noisy-expert", episodes_per_task=2, seed=2)
     held_out = run_stage(run, "03-collect-heldout", "collect", held_out_config, collect, log)["trajectories"]
+    return data, str(held_out)
+
+
+def initial_policy(config: DemoConfig, data: list[str], folder: Path, *, seed: int) -> Path:
+    """The untrained policy every trained method starts from, built once into ``folder``."""
+    if not (folder / "policy.json").exists():
+        trajectories = read_data(data)
+        policy = build_policy(
+            config.policy, trajectories=trajectories, tasks=task_panel(config.env, "train"), seed=seed
+        )
+        save_policy(policy, config.policy, folder)
+    return folder
+
+
+def run_demo(
+    config: DemoConfig, run: RunDir, *, progress: bool = True, log: Callable[[str], None] = _print
+) -> dict[str, Any]:
+    """Run every stage of the demo in ``run``; returns the results (also in ``results.json``)."""
+    started = time.perf_counter()
+    env = config.env
+    test_tasks = task_panel(env, "test")
+    log(f"TextWorld suite: {env.suite} {env.settings}, {env.games} games; held-out test panel: {len(test_tasks)} games")
+
+    data, held_out = collect_data(config, run, progress=progress, log=log)
 
     fit_config = FitConfig(data=data, expmodel=config.expmodel, trainer=config.trainer, seed=config.seed)
     fit = run_stage(
@@ -145,13 +169,7 @@ def run_demo(
         run, "05-expmodel-audit", "expmodel audit", audit_config, lambda c, r: run_audit(c, r, progress=progress), log
     )
 
-    initial = run.path / "policy-initial"
-    if not (initial / "policy.json").exists():
-        trajectories = read_data(data)
-        policy = build_policy(
-            config.policy, trajectories=trajectories, tasks=task_panel(env, "train"), seed=config.seed
-        )
-        save_policy(policy, config.policy, initial)
+    initial = initial_policy(config, data, run.path / "policy-initial", seed=config.seed)
     start_policy = config.policy.model_copy(update={"model": str(initial)})
     train_common: dict[str, Any] = {
         "env": env,
