@@ -143,6 +143,14 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "replay": (["packages/dg-core", "packages/dg-replay[bench]"], "benchmarks/replay/run.py"),
     "envs-web": (["packages/dg-core", "packages/dg-envs[web,miniwob]"], "benchmarks/envs/web_envs.py"),
     "envs-text": (["packages/dg-core", "packages/dg-envs[textworld,alfworld]"], "benchmarks/envs/text_envs.py"),
+    "cost": (
+        [
+            *(f"packages/{name}" for name in PACKAGES if name not in ("dg-apps", "dg-envs")),
+            "packages/dg-envs[textworld,alfworld,web,miniwob]",
+            "apps[alfworld]",
+        ],
+        "benchmarks/expmodel/cost.py",
+    ),
     "learning": (
         [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps[alfworld]"],
         "benchmarks/learning/run.py",
