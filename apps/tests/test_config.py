@@ -107,3 +107,19 @@ def test_quick_demo_is_smaller_than_the_demo() -> None:
     assert quick.algorithm.steps < full.algorithm.steps
     assert quick.expmodel.epochs < full.expmodel.epochs
     assert quick.env.games < full.env.games
+
+
+def test_s2r_real_phase_trains_the_synthetic_policy_in_the_real_env_within_budget(tmp_path: Path) -> None:
+    from dg_apps.commands import s2r_real_phase
+
+    synthetic = load_config(
+        TrainConfig,
+        overrides=["where=synthetic", "expmodel=runs/em", "algorithm.steps=8", "algorithm.group_size=3",
+                   "policy.lora=true", "curriculum.enabled=false", "seed=4"],
+    )  # fmt: skip
+    real = s2r_real_phase(synthetic, tmp_path / "policy", real_steps=2, real_budget=50)
+    assert (real.where, real.expmodel, real.real_budget) == ("real", None, 50)
+    assert (real.algorithm.steps, real.algorithm.group_size) == (2, 3)
+    assert (real.policy.model, real.policy.lora) == (str(tmp_path / "policy"), False)
+    assert (real.curriculum.enabled, real.seed) == (False, 4)
+    assert (synthetic.where, synthetic.algorithm.steps, synthetic.policy.lora) == ("synthetic", 8, True)

@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import Field
 
-from dg_apps.commands import run_audit, run_fit
+from dg_apps.commands import run_audit, run_fit, s2r_real_phase
 from dg_apps.config import (
     AuditConfig,
     DemoConfig,
@@ -221,16 +221,11 @@ def run_seed(bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[s
     )
 
     budget = max(1, math.ceil(config.s2r_fraction * real["real_transitions"]))
-    s2r_policy = config.policy.model_copy(update={"model": str(folder / "policy"), "lora": False})
-    s2r_config = TrainConfig(
-        **bench.common(
-            seed,
-            where="real",
-            policy=s2r_policy,
-            curriculum=no_curriculum,
-            algorithm=config.algorithm.model_copy(update={"steps": config.s2r_real_steps}),
-            real_budget=budget,
-        )
+    s2r_config = s2r_real_phase(
+        TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum)),
+        folder / "policy",
+        real_steps=config.s2r_real_steps,
+        real_budget=budget,
     )
     s2r_real = bench.train(f"s2r-real-{tag}", s2r_config)
     combined = {

@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dg_apps.config import AuditConfig, CollectConfig, FitConfig, S2RConfig
+from dg_apps.config import AuditConfig, CollectConfig, FitConfig, S2RConfig, TrainConfig
 from dg_apps.models import fit_expmodel, load_expmodel, load_policy, read_data
 from dg_apps.rundir import RunDir
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
 from dg_apps.training import run_train
 from dg_core import ConfigError
 
-__all__ = ["run_audit", "run_collect", "run_fit", "run_s2r"]
+__all__ = ["run_audit", "run_collect", "run_fit", "run_s2r", "s2r_real_phase"]
 
 NAMED_POLICIES = ("expert", "random", "noisy-expert")
 
@@ -129,6 +129,20 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
     return metrics
 
 
+def s2r_real_phase(train: TrainConfig, policy: str | Path, *, real_steps: int, real_budget: int) -> TrainConfig:
+    """The real phase of S2R: ``train`` in the real env, from ``policy`` (the synthetic phase's), at most
+    ``real_steps`` rollout batches, collection stopped at ``real_budget`` real transitions."""
+    return train.model_copy(
+        update={
+            "where": "real",
+            "expmodel": None,
+            "algorithm": train.algorithm.model_copy(update={"steps": real_steps}),
+            "policy": train.policy.model_copy(update={"model": str(policy), "lora": False}),
+            "real_budget": real_budget,
+        }
+    )
+
+
 def run_s2r(config: S2RConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
     """Synthetic phase into ``RUN/synthetic``, then a real phase into ``RUN/real`` limited to the real budget."""
     synthetic_config = config.train.model_copy(update={"where": "synthetic"})
@@ -137,16 +151,8 @@ def run_s2r(config: S2RConfig, run: RunDir, *, progress: bool = True) -> dict[st
         synthetic_run.metrics() if synthetic_run.done else run_train(synthetic_config, synthetic_run, progress=progress)
     )
     synthetic_run.finish()
-    algorithm = config.train.algorithm.model_copy(update={"steps": config.real_steps})
-    policy = config.train.policy.model_copy(update={"model": str(synthetic_run.path / "policy"), "lora": False})
-    real_config = config.train.model_copy(
-        update={
-            "where": "real",
-            "expmodel": None,
-            "algorithm": algorithm,
-            "policy": policy,
-            "real_budget": config.real_budget,
-        }
+    real_config = s2r_real_phase(
+        config.train, synthetic_run.path / "policy", real_steps=config.real_steps, real_budget=config.real_budget
     )
     real_run = RunDir.start(run.path / "real", "train", real_config)
     real = real_run.metrics() if real_run.done else run_train(real_config, real_run, progress=progress)
