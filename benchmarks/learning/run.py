@@ -194,7 +194,9 @@ def record(
     results.setdefault(method, []).append(entry)
 
 
-def run_seed(bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[str, list[dict[str, Any]]]) -> None:
+def run_seed(
+    bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[str, list[dict[str, Any]]], *, ablations: bool
+) -> None:
     config = bench.config
     tag = f"s{seed}"
     initial = bench.initial_policy(seed)
@@ -242,6 +244,8 @@ def run_seed(bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[s
         bench.evaluate(f"s2r-{tag}", str(s2r_folder), seed),
         combined,
     )
+    if not ablations:
+        return
 
     for method, name, fit, update in (
         ("ablation: no replay retrieval", "no-replay", fits["no-replay"], {}),
@@ -322,14 +326,22 @@ def _cell(value: Any, pattern: str = ",.0f") -> str:
 
 
 def markdown(
-    config: LearningConfig, name: str, rows: list[dict[str, Any]], audits: dict[str, Any], sweeps: list[dict[str, Any]]
+    config: LearningConfig,
+    name: str,
+    rows: list[dict[str, Any]],
+    audits: dict[str, Any],
+    sweeps: list[dict[str, Any]],
+    ablation_seeds: list[int] | None = None,
 ) -> str:
     env = config.env
+    seeds = max(len(row["per_seed"]) for row in rows)
+    fewer = [row for row in rows if len(row["per_seed"]) < seeds]
+    ablations = f" (ablations: seeds {', '.join(map(str, ablation_seeds or []))})" if fewer else ""
     lines = [
         f"# Learning benchmark: {name}",
         "",
         f"{env.name} ({env.suite if env.name == 'textworld' else 'generated problems'}, {env.games} games/problems, "
-        f"max {env.max_steps} steps); held-out test split; {len(rows[0]['per_seed'])} training seeds, each policy "
+        f"max {env.max_steps} steps); held-out test split; {seeds} training seeds{ablations}, each policy "
         f"evaluated on the test split with {config.eval_episodes_per_task} episodes per task. GRPO, "
         f"{config.algorithm.steps} rollout batches x {config.algorithm.updates_per_batch} updates, "
         f"{config.algorithm.tasks_per_step} tasks x {config.algorithm.group_size} episodes per batch.",
@@ -381,6 +393,13 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--ablation-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds that also run the ablations (default: every seed); the others run methods 1-4 only",
+    )
     parser.add_argument("--sweeps", action="store_true", help="also the retrieval-k / history / lambda sweeps")
     parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-learning-NAME)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
@@ -411,16 +430,18 @@ def main() -> None:
         "no-reasoning": bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False})),
     }
     results: dict[str, list[dict[str, Any]]] = {}
+    ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
     for seed in args.seeds:
-        run_seed(bench, seed, fits, results)
+        run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds)
     sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
     rows = summarise(results)
-    table = markdown(config, name, rows, bench.audits, sweeps)
+    table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds)
     seconds = time.perf_counter() - started
     report = {
         "name": name,
         "config": config.model_dump(mode="json"),
         "seeds": args.seeds,
+        "ablation_seeds": ablation_seeds,
         "rows": rows,
         "per_seed": results,
         "expmodels": bench.audits,
