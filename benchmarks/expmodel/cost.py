@@ -353,7 +353,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few episodes, one epoch")
     parser.add_argument("--keep", type=Path, default=None, help="keep the experience models in this folder")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 when sharing the machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     expmodel = ExpModelConfig(
         hidden_size=128,
         num_layers=2,

@@ -41,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from dg_apps.commands import run_audit, run_fit, s2r_real_phase
@@ -55,9 +56,11 @@ from dg_apps.config import (
 )
 from dg_apps.demo import collect_data, initial_policy, run_stage
 from dg_apps.evaluation import run_eval
+from dg_apps.models import load_policy, read_data, save_policy
 from dg_apps.plots import success_bars
 from dg_apps.rundir import RunDir
 from dg_apps.training import run_train
+from dg_rl import behaviour_cloning, demonstrations
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parents[0] / "results"
@@ -71,6 +74,8 @@ class LearningConfig(DemoConfig):
     s2r_real_steps: int = Field(default=4, ge=1)
     """Rollout batches of the S2R real phase at most (it also stops at its real budget)."""
     eval_episodes_per_task: int = Field(default=4, ge=1)
+    warm_start_epochs: int = Field(default=0, ge=0)
+    """Behaviour-cloning epochs of the initial policy on the successful offline episodes (0: untrained start)."""
     sweep_top_k: list[int] = Field(default_factory=lambda: [0, 1, 2])
     sweep_history: list[int] = Field(default_factory=lambda: [0, 1, 2])
     sweep_lambda: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5])
@@ -136,7 +141,20 @@ class Benchmark:
 
     # -- per seed -----------------------------------------------------------------------------------
     def initial_policy(self, seed: int) -> Path:
-        return initial_policy(self.config, self.data, self.root.path / f"policy-initial-s{seed}", seed=seed)
+        """The policy every method starts from: untrained, or warm-started by behaviour cloning."""
+        untrained = initial_policy(self.config, self.data, self.root.path / f"policy-initial-s{seed}", seed=seed)
+        epochs = self.config.warm_start_epochs
+        if not epochs:
+            return untrained
+        folder = self.root.path / f"policy-bc{epochs}-s{seed}"
+        if not (folder / "policy.json").exists():
+            pairs = demonstrations(read_data(self.data), only_successful=True)
+            log(f"[policy-bc{epochs}-s{seed}] behaviour cloning on {len(pairs)} expert steps, {epochs} epochs")
+            policy = load_policy(untrained, seed=seed)
+            losses = behaviour_cloning(policy, pairs, epochs=epochs, learning_rate=self.config.algorithm.learning_rate)
+            save_policy(policy, self.config.policy, folder)
+            (folder / "bc.json").write_text(json.dumps({"demonstration_steps": len(pairs), "epoch_losses": losses}))
+        return folder
 
     def train(self, name: str, config: TrainConfig) -> dict[str, Any]:
         return self.stage(name, "train", config, lambda c, r: run_train(c, r, progress=self.progress))
@@ -200,7 +218,9 @@ def run_seed(
     config = bench.config
     tag = f"s{seed}"
     initial = bench.initial_policy(seed)
-    record(results, "initial policy", seed, bench.evaluate(f"initial-{tag}", str(initial), seed), None)
+    start = f"initial policy (BC warm start, {config.warm_start_epochs} epochs)" if config.warm_start_epochs else ""
+    name = f"bc{config.warm_start_epochs}-{tag}" if config.warm_start_epochs else f"initial-{tag}"
+    record(results, start or "initial policy", seed, bench.evaluate(name, str(initial), seed), None)
 
     no_curriculum = config.curriculum.model_copy(update={"enabled": False})
     real = bench.train(f"real-{tag}", TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum)))
@@ -404,7 +424,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-learning-NAME)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 when sharing the machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
