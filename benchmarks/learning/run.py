@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,25 @@ class Benchmark:
         self.fits: dict[str, Path] = {}
         self.audits: dict[str, dict[str, Any]] = {}
         self.models: dict[str, tuple[ExpModelConfig, Path]] = {}
+        self.used: list[str] = []  # stage folders the results come from, in order (for the compute total)
+        self.warm_starts: list[Path] = []
 
     def stage(self, name: str, command: str, config: Any, body: Any) -> dict[str, Any]:
+        self.used.append(name)
         return run_stage(self.root, name, command, config, body, log)
+
+    def compute_seconds(self) -> float:
+        """Wall seconds of every stage the results come from, including stages finished by earlier invocations
+        (from each run directory's start and finish times) and the behaviour-cloning warm starts."""
+        total = 0.0
+        for name in dict.fromkeys(self.used):
+            record = json.loads((self.root.path / name / "run.json").read_text())
+            if record.get("finished"):
+                finished = datetime.fromisoformat(record["finished"])
+                total += (finished - datetime.fromisoformat(record["started"])).total_seconds()
+        for folder in dict.fromkeys(self.warm_starts):  # bc.json files written before this was timed count 0
+            total += float(json.loads((folder / "bc.json").read_text()).get("seconds", 0.0))
+        return total
 
     # -- shared: data, experience models, audits ------------------------------------------------------
     def collect(self) -> None:
@@ -147,13 +164,16 @@ class Benchmark:
         if not epochs:
             return untrained
         folder = self.root.path / f"policy-bc{epochs}-s{seed}"
+        self.warm_starts.append(folder)
         if not (folder / "policy.json").exists():
             pairs = demonstrations(read_data(self.data), only_successful=True)
             log(f"[policy-bc{epochs}-s{seed}] behaviour cloning on {len(pairs)} expert steps, {epochs} epochs")
+            started = time.perf_counter()
             policy = load_policy(untrained, seed=seed)
             losses = behaviour_cloning(policy, pairs, epochs=epochs, learning_rate=self.config.algorithm.learning_rate)
             save_policy(policy, self.config.policy, folder)
-            (folder / "bc.json").write_text(json.dumps({"demonstration_steps": len(pairs), "epoch_losses": losses}))
+            record = {"demonstration_steps": len(pairs), "epoch_losses": losses}
+            (folder / "bc.json").write_text(json.dumps({**record, "seconds": time.perf_counter() - started}))
         return folder
 
     def train(self, name: str, config: TrainConfig) -> dict[str, Any]:
@@ -462,6 +482,8 @@ def main() -> None:
     rows = summarise(results)
     table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds)
     seconds = time.perf_counter() - started
+    compute = bench.compute_seconds()
+    total = f"Stage compute {compute / 60:.0f} min (this invocation {seconds / 60:.0f} min; finished stages reused)."
     report = {
         "name": name,
         "config": config.model_dump(mode="json"),
@@ -472,15 +494,16 @@ def main() -> None:
         "expmodels": bench.audits,
         "sweeps": sweeps,
         "seconds": seconds,
+        "compute_seconds": compute,
         "machine": {"python": platform.python_version(), "machine": platform.machine()},
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"learning_{name}.json").write_text(json.dumps(report, indent=2, default=str))
-    (args.results / f"learning_{name}.md").write_text(table + f"\n\nTotal {seconds / 60:.0f} min.\n")
+    (args.results / f"learning_{name}.md").write_text(table + f"\n\n{total}\n")
     success_bars(rows, args.results / f"learning_{name}.png", title=f"{name}: held-out success")
     (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
     (output / "summary.md").write_text(table + "\n")
-    log("\n" + table + f"\n\nTotal {seconds / 60:.1f} min; results in {args.results}/learning_{name}.*")
+    log("\n" + table + f"\n\n{total} Results in {args.results}/learning_{name}.*")
 
 
 if __name__ == "__main__":

@@ -59,16 +59,27 @@ def learning_curve(csv_path: Path, output: Path, *, title: str = "training") -> 
 
 
 def success_bars(rows: Sequence[dict[str, Any]], output: Path, *, title: str) -> Path:
-    """Mean held-out success per method with its standard deviation over seeds."""
+    """Mean held-out success per method, its standard deviation over seeds as an error bar (none for a single
+    seed) and, where a row has ``per_seed`` values, each seed's result as a dot."""
     plt = _pyplot()
     names = [str(row["method"]) for row in rows]
     means = [float(row["mean"]) for row in rows]
-    spreads = [0.0 if math.isnan(float(row["std"])) else float(row["std"]) for row in rows]
+    spreads = [float(row["std"]) for row in rows]
     figure, axis = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.4))
-    axis.bar(range(len(rows)), means, yerr=spreads, capsize=4, color="#4c78a8")
+    axis.bar(range(len(rows)), means, color="#4c78a8")
+    measured = [i for i, spread in enumerate(spreads) if not math.isnan(spread)]
+    if measured:
+        heights, errors = [means[i] for i in measured], [spreads[i] for i in measured]
+        axis.errorbar(measured, heights, yerr=errors, fmt="none", capsize=4, ecolor="k")
+    top = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, spreads, strict=True)]
+    for i, row in enumerate(rows):
+        seeds = [float(value) for value in row.get("per_seed", [])]
+        if seeds:
+            axis.plot([i] * len(seeds), seeds, "o", color="#f58518", markersize=4, zorder=3)
+            top.append(max(seeds))
     axis.set_xticks(range(len(rows)), names, rotation=15, ha="right")
     axis.set_ylabel("held-out success rate")
-    axis.set_ylim(0, max(1e-3, max(m + s for m, s in zip(means, spreads, strict=True))) * 1.25)
+    axis.set_ylim(0, max(1e-3, max(top)) * 1.25)
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
