@@ -93,30 +93,29 @@ def _expert_or_noisy(env: Any, index: int) -> Policy:
     return ExpertPolicy(env) if index % 2 == 0 else NoisyExpertPolicy(env, epsilon=0.3, seed=index)
 
 
-def real_textworld(episodes: int) -> Episodes:
-    from dg_envs.textworld import TextWorldEnv, textworld_tasks
-
-    tasks = textworld_tasks("coin_collector", count=max(8, episodes // 2), seed=7, settings={"level": 5})
-    env, out = TextWorldEnv(max_steps=10), Episodes()
+def _play_text(env: Any, tasks: Sequence[Any], episodes: int, desc: str) -> Episodes:
+    """Expert and noisy-expert episodes (alternating) over ``tasks`` in a text env, which is closed after."""
+    out = Episodes()
     try:
-        for index in tqdm(range(episodes), desc="textworld", leave=False):
+        for index in tqdm(range(episodes), desc=desc, leave=False):
             out.add(lambda i=index: play_episode(env, _expert_or_noisy(env, i), tasks[i % len(tasks)], seed=i))
     finally:
         env.close()
     return out
+
+
+def real_textworld(episodes: int) -> Episodes:
+    from dg_envs.textworld import TextWorldEnv, textworld_tasks
+
+    tasks = textworld_tasks("coin_collector", count=max(8, episodes // 2), seed=7, settings={"level": 5})
+    return _play_text(TextWorldEnv(max_steps=10), tasks, episodes, "textworld")
 
 
 def real_alfworld(episodes: int) -> Episodes:
     from dg_envs.alfworld import TASK_TYPES, AlfWorldEnv, alfworld_tasks
 
     tasks = alfworld_tasks(TASK_TYPES, count=max(1, episodes // (2 * len(TASK_TYPES))), seed=7)
-    env, out = AlfWorldEnv(max_steps=20), Episodes()
-    try:
-        for index in tqdm(range(episodes), desc="alfworld", leave=False):
-            out.add(lambda i=index: play_episode(env, _expert_or_noisy(env, i), tasks[i % len(tasks)], seed=i))
-    finally:
-        env.close()
-    return out
+    return _play_text(AlfWorldEnv(max_steps=20), tasks, episodes, "alfworld")
 
 
 def real_miniwob(episodes: int) -> Episodes:

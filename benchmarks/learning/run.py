@@ -118,7 +118,7 @@ class Benchmark:
         (from each run directory's start and finish times) and the behaviour-cloning warm starts."""
         total = 0.0
         for name in dict.fromkeys(self.used):
-            record = json.loads((self.root.path / name / "run.json").read_text())
+            record = RunDir.read_meta(self.root.path / name)
             if record.get("finished"):
                 finished = datetime.fromisoformat(record["finished"])
                 total += (finished - datetime.fromisoformat(record["started"])).total_seconds()
