@@ -93,12 +93,12 @@ def _expert_or_noisy(env: Any, index: int) -> Policy:
     return ExpertPolicy(env) if index % 2 == 0 else NoisyExpertPolicy(env, epsilon=0.3, seed=index)
 
 
-def _play_text(env: Any, tasks: Sequence[Any], episodes: int, desc: str) -> Episodes:
-    """Expert and noisy-expert episodes (alternating) over ``tasks`` in a text env, which is closed after."""
+def _play(env: Any, episodes: int, desc: str, policy: Callable[[int], Policy], task: Callable[[int], Any]) -> Episodes:
+    """Episode ``i`` (seed ``i``) plays ``task(i)`` with ``policy(i)``; the env is closed after."""
     out = Episodes()
     try:
         for index in tqdm(range(episodes), desc=desc, leave=False):
-            out.add(lambda i=index: play_episode(env, _expert_or_noisy(env, i), tasks[i % len(tasks)], seed=i))
+            out.add(lambda i=index: play_episode(env, policy(i), task(i), seed=i))
     finally:
         env.close()
     return out
@@ -108,27 +108,29 @@ def real_textworld(episodes: int) -> Episodes:
     from dg_envs.textworld import TextWorldEnv, textworld_tasks
 
     tasks = textworld_tasks("coin_collector", count=max(8, episodes // 2), seed=7, settings={"level": 5})
-    return _play_text(TextWorldEnv(max_steps=10), tasks, episodes, "textworld")
+    env = TextWorldEnv(max_steps=10)
+    return _play(env, episodes, "textworld", lambda i: _expert_or_noisy(env, i), lambda i: tasks[i % len(tasks)])
 
 
 def real_alfworld(episodes: int) -> Episodes:
     from dg_envs.alfworld import TASK_TYPES, AlfWorldEnv, alfworld_tasks
 
     tasks = alfworld_tasks(TASK_TYPES, count=max(1, episodes // (2 * len(TASK_TYPES))), seed=7)
-    return _play_text(AlfWorldEnv(max_steps=20), tasks, episodes, "alfworld")
+    env = AlfWorldEnv(max_steps=20)
+    return _play(env, episodes, "alfworld", lambda i: _expert_or_noisy(env, i), lambda i: tasks[i % len(tasks)])
 
 
 def real_miniwob(episodes: int) -> Episodes:
     from dg_envs.web import EXPERT_TASKS, MiniWoBEnv, MiniWoBExpert, miniwob_task
 
-    env, expert, out = MiniWoBEnv(max_steps=10), MiniWoBExpert(), Episodes()
-    try:
-        for index in tqdm(range(episodes), desc="miniwob", leave=False):
-            name = EXPERT_TASKS[index % len(EXPERT_TASKS)]
-            out.add(lambda i=index, n=name: play_episode(env, expert, miniwob_task(n, seed=i), seed=i))
-    finally:
-        env.close()
-    return out
+    expert = MiniWoBExpert()
+    return _play(
+        MiniWoBEnv(max_steps=10),
+        episodes,
+        "miniwob",
+        lambda i: expert,
+        lambda i: miniwob_task(EXPERT_TASKS[i % len(EXPERT_TASKS)], seed=i),
+    )
 
 
 # The demo shop's tasks, solved by following a plan of (role, accessible name, action template) per task.
@@ -178,16 +180,10 @@ class ShopPlanPolicy:
 def real_browsergym(episodes: int) -> Episodes:
     from dg_envs.web import DemoShop, WebArenaEnv, demo_shop_tasks
 
-    out = Episodes()
     with DemoShop() as shop:
         tasks = demo_shop_tasks(shop.url)
         env = WebArenaEnv(max_steps=8)
-        try:
-            for index in tqdm(range(episodes), desc="browsergym", leave=False):
-                out.add(lambda i=index: play_episode(env, ShopPlanPolicy(), tasks[i % len(tasks)], seed=i))
-        finally:
-            env.close()
-    return out
+        return _play(env, episodes, "browsergym", lambda i: ShopPlanPolicy(), lambda i: tasks[i % len(tasks)])
 
 
 REAL: dict[str, Callable[[int], Episodes]] = {
