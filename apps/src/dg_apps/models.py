@@ -75,7 +75,23 @@ def _lm_policy(model: Any, tokenizer: Any, config: PolicyConfig, seed: int, poli
         max_prompt_tokens=config.max_prompt_tokens,
         policy_id=policy_id,
         seed=seed,
+        chat=config.chat,
     )
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_lm(source: str | Path, *, dtype: str = "auto", padding_side: str = "right") -> tuple[Any, Any]:
+    """Model and tokenizer of any source ``dg_models`` knows, its errors as ``dg: error:`` lines."""
+    from dg_models import ModelLoadError, load_model
+
+    try:
+        loaded = load_model(source, dtype=dtype, device=_device(), padding_side=padding_side)
+    except ModelLoadError as error:
+        raise ConfigError(str(error)) from error
+    return loaded.model, loaded.tokenizer
 
 
 def build_policy(
@@ -86,8 +102,9 @@ def build_policy(
     seed: int = 0,
     policy_id: str = "lm",
 ) -> Any:
-    """The policy of ``config``: tiny (tokenizer trained on ``trajectories``), a policy directory, or a hub model."""
-    from dg_rl import apply_lora, load_causal_lm, load_tokenizer, tiny_causal_lm, train_bpe_tokenizer
+    """The policy of ``config``: tiny (tokenizer trained on ``trajectories``), a pretrained short name, a
+    ``.gguf`` file, a policy directory, or a Hugging Face directory / hub id."""
+    from dg_rl import apply_lora, tiny_causal_lm, train_bpe_tokenizer
 
     model: Any
     if config.model == "tiny":
@@ -105,12 +122,12 @@ def build_policy(
             seed=seed,
         )
     else:
-        source = Path(config.model)
-        if source.exists():
-            source = policy_dir(source) if (source / POLICY_META).exists() or (source / "policy").exists() else source
-        model = load_causal_lm(source)
-        model.train()  # from_pretrained returns eval mode; this policy is about to be trained
-        tokenizer = load_tokenizer(source)
+        source: str | Path = config.model
+        local = Path(config.model)
+        if local.is_dir() and ((local / POLICY_META).exists() or (local / "policy").exists()):
+            source = policy_dir(local)
+        model, tokenizer = load_lm(source, dtype=config.dtype)
+        model.train()  # loaded in eval mode; this policy is about to be trained
     if config.lora:
         model = apply_lora(model)
     return _lm_policy(model, tokenizer, config, seed, policy_id)
@@ -121,12 +138,7 @@ def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
     from dg_rl import save_model
 
     path = Path(path)
-    model = policy.model
-    if hasattr(model, "merge_and_unload"):
-        import copy
-
-        model = copy.deepcopy(model).merge_and_unload()
-    save_model(model, policy.tokenizer, path)
+    save_model(policy.model, policy.tokenizer, path)
     meta = config.model_copy(update={"model": str(path), "lora": False}).model_dump(mode="json")
     (path / POLICY_META).write_text(json.dumps(meta, indent=2))
     return path
@@ -134,11 +146,10 @@ def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
 
 def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None) -> Any:
     """Load a policy directory (or a ``dg train`` run directory) with the settings it was saved with."""
-    from dg_rl import load_causal_lm, load_tokenizer
-
     folder = policy_dir(path)
     config = PolicyConfig.model_validate(json.loads((folder / POLICY_META).read_text()))
-    return _lm_policy(load_causal_lm(folder), load_tokenizer(folder), config, seed, policy_id or folder.parent.name)
+    model, tokenizer = load_lm(folder, dtype=config.dtype)
+    return _lm_policy(model, tokenizer, config, seed, policy_id or folder.parent.name)
 
 
 class ExpModelBundle:
@@ -184,7 +195,6 @@ def fit_expmodel(
         RuleBasedAnnotator,
         examples_from_trajectories,
         fit_experience_model,
-        load_tokenizer,
         tiny_causal_lm,
         train_tokenizer,
     )
@@ -211,7 +221,17 @@ def fit_expmodel(
     retrieve = None
     if config.top_k > 0:
         retrieve = functools.partial(ReplayRetriever(buffer, exclude_self=True).for_step, k=config.top_k)
-    examples = examples_from_trajectories(trajectories, RuleBasedAnnotator(), options=options, retrieve=retrieve)
+    model: Any = None
+    tokenizer: Any = None
+    lora = None
+    if config.model != "tiny":
+        # Loaded first: an instruct model's chat template renders the training prompts, exactly as the
+        # inference backend will render them.
+        model, tokenizer = load_lm(config.model, dtype=config.dtype, padding_side="left")
+        lora = LoraSettings() if trainer.get("strategy") != "fsdp" else None
+    examples = examples_from_trajectories(
+        trajectories, RuleBasedAnnotator(), options=options, retrieve=retrieve, tokenizer=tokenizer
+    )
     if config.model == "tiny":
         tokenizer = train_tokenizer([e.prompt + e.response for e in examples], vocab_size=config.vocab_size)
         model = tiny_causal_lm(
@@ -222,13 +242,7 @@ def fit_expmodel(
             max_positions=config.max_length,
             seed=seed,
         )
-        lora = None
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(config.model)
-        tokenizer = load_tokenizer(config.model)
-        lora = LoraSettings() if config.model != "tiny" and trainer.get("strategy") != "fsdp" else None
+    chat = bool(getattr(tokenizer, "chat_template", None))
     fit = fit_experience_model(
         model,
         tokenizer,
@@ -255,6 +269,8 @@ def fit_expmodel(
         "max_new_tokens": config.max_new_tokens,
         "retries": config.retries,
         "backend": config.backend,
+        "chat": chat,
+        "dtype": config.dtype,
         "base_url": config.base_url,
         "served_model": config.served_model,
         "vllm": config.vllm,
@@ -304,17 +320,18 @@ def load_expmodel(
 
 
 def make_backend(settings: dict[str, Any], model_dir: Path, *, batch_size: int = 32) -> Any:
-    """The inference backend named in an experience-model run's settings."""
+    """The inference backend named in an experience-model run's settings, rendering prompts as training did."""
     from dg_expmodel import OpenAICompatibleBackend, TransformersBackend, VLLMBackend
 
     kind = settings.get("backend", "transformers")
+    chat = bool(settings.get("chat", False))  # runs written before chat prompts were recorded trained on plain text
     if kind == "transformers":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TransformersBackend.from_pretrained(model_dir, batch_size=batch_size, device=device)
+        model, tokenizer = load_lm(model_dir, dtype=str(settings.get("dtype", "auto")), padding_side="left")
+        return TransformersBackend(model, tokenizer, chat=chat, batch_size=batch_size)
     if kind == "vllm":
-        return VLLMBackend(str(model_dir), chat=False, **settings.get("vllm", {}))
+        return VLLMBackend(str(model_dir), chat=chat, **settings.get("vllm", {}))
     if kind == "openai":
         if not settings.get("base_url") or not settings.get("served_model"):
             raise ConfigError("expmodel.backend 'openai' needs expmodel.base_url and expmodel.served_model")
-        return OpenAICompatibleBackend(settings["base_url"], settings["served_model"], chat=False)
+        return OpenAICompatibleBackend(settings["base_url"], settings["served_model"], chat=chat)
     raise ConfigError(f"expmodel.backend: unknown {kind!r}; allowed: transformers, vllm, openai")

@@ -5,7 +5,7 @@ from importlib.metadata import requires, version
 
 import dg_expmodel
 
-DECLARED_SIBLINGS = ["dg-core", "dg-replay"]
+DECLARED_SIBLINGS = ["dg-core", "dg-models", "dg-replay"]
 
 
 def test_version_is_in_lockstep_with_dg_core() -> None:

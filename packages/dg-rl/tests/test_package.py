@@ -5,7 +5,7 @@ from importlib.metadata import requires, version
 
 import dg_rl
 
-DECLARED_SIBLINGS = ["dg-core"]
+DECLARED_SIBLINGS = ["dg-core", "dg-models"]
 
 
 def test_version_is_in_lockstep_with_dg_core() -> None:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from dg_core import ConfigError, DGError
-from dg_expmodel._deps import transformers_module, vllm_module
-from dg_expmodel._tiny import load_tokenizer
+from dg_expmodel._deps import models_module, transformers_module, vllm_module
 
 Prompt = str | list[dict[str, str]]
 """Plain text, or chat messages (``[{"role": ..., "content": ...}]``)."""
@@ -117,11 +116,10 @@ class TransformersBackend:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", **kwargs: Any) -> TransformersBackend:
-        """Load a Hugging Face directory (model as safetensors + tokenizer) and wrap it."""
-        transformers = transformers_module()
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).to(device)
-        model.eval()
-        return cls(model, load_tokenizer(path), **kwargs)
+        """Load any source :func:`dg_models.load_model` knows (directory, ``.gguf``, ``"smollm2"``) and wrap it."""
+        transformers_module()
+        loaded = models_module().load_model(path, device=device, padding_side="left")
+        return cls(loaded.model, loaded.tokenizer, **kwargs)
 
     @property
     def chat(self) -> bool:

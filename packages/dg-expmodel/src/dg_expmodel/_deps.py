@@ -28,3 +28,9 @@ def lightning_module() -> ModuleType:
 def vllm_module() -> ModuleType:
     """``vllm`` (extra ``gpu``; GPU machines only)."""
     return require("vllm", distribution=_DIST, extra="gpu", purpose="The vLLM inference backend")
+
+
+def models_module() -> ModuleType:
+    """``dg_models``, where every model comes from (extra ``hf``)."""
+    transformers_module()
+    return require("dg_models", distribution=_DIST, extra="hf", purpose="Hugging Face experience models")

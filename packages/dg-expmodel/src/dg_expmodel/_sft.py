@@ -74,7 +74,9 @@ def examples_from_trajectories(
                 prompt = render_prompt(query, options)
             if options.reasoning:
                 response = render_response(target_of(step, why))
-            else:  # the prompt already ends with the empty reasoning field
+            elif chat:  # the chat model writes the empty reasoning field itself (no prefill after the template)
+                response = render_response(target_of(step, ""))
+            else:  # the plain prompt already ends with the empty reasoning field
                 response = render_response(target_of(step, ""))[len(EMPTY_REASONING) :]
             examples.append(SFTExample(prompt=prompt, response=response))
     return examples

@@ -1,15 +1,11 @@
 """dg-rl: policies, rollout engine, GRPO / PPO losses and Lightning modules for multi-turn LLM agents.
 
 Trains against any dg-core :class:`~dg_core.Env` or :class:`~dg_core.BatchedEnv`, real or synthetic;
-never imports dg-expmodel.
+never imports dg-expmodel. Models come from :mod:`dg_models` (re-exported here: ``tiny_causal_lm``,
+``train_bpe_tokenizer``, ``load_causal_lm``, ``load_tokenizer``, ``save_model``).
 """
 
-from dg_rl._batch import RolloutBatch, build_batch, packed_rows, scatter_units, stats_keys
-from dg_rl._data import RolloutDataModule, TaskSource
-from dg_rl._lightning import GRPOModule, PPOModule, frozen_reference
-from dg_rl._lora import apply_lora
-from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
-from dg_rl._models import (
+from dg_models import (
     EOS_TOKEN,
     PAD_TOKEN,
     load_causal_lm,
@@ -18,6 +14,11 @@ from dg_rl._models import (
     tiny_causal_lm,
     train_bpe_tokenizer,
 )
+from dg_rl._batch import RolloutBatch, build_batch, packed_rows, scatter_units, stats_keys
+from dg_rl._data import RolloutDataModule, TaskSource
+from dg_rl._lightning import GRPOModule, PPOModule, frozen_reference
+from dg_rl._lora import apply_lora
+from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
 from dg_rl._policy import ActionMode, Decision, LMPolicy, ScoreReduction
 from dg_rl._prompt import PromptFormat, parse_action
 from dg_rl._rollout import EpisodeRecord, RolloutEngine, Rollouts, RolloutStats, TurnRecord

@@ -68,6 +68,10 @@ class LMPolicy:
         score_reduction: Choose mode: an action's score is the ``"mean"`` (default) or ``"sum"`` of its
             token log-probs. The sum favours short actions by orders of magnitude in an untrained model;
             the mean starts near uniform. Either way the choice distribution and its log-probs are exact.
+        chat: Render prompts through the tokenizer's chat template (history as chat turns). ``None`` (default)
+            uses it whenever the tokenizer has one (instruct models); tiny tokenizers have none. An action is
+            an assistant turn: its ids end with the tokenizer's eos, which for chat models is the end-of-turn
+            token (``<|im_end|>`` for SmolLM2), so what the policy is scored on is what the template writes.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class LMPolicy:
         seed: int = 0,
         score_batch_rows: int = 256,
         score_reduction: ScoreReduction = "mean",
+        chat: bool | None = None,
     ) -> None:
         if mode not in ("choose", "generate"):
             raise ConfigError(f"mode must be 'choose' or 'generate', got {mode!r}")
@@ -102,6 +107,10 @@ class LMPolicy:
         if score_reduction not in ("mean", "sum"):
             raise ConfigError(f"score_reduction must be 'mean' or 'sum', got {score_reduction!r}")
         self.score_reduction: ScoreReduction = score_reduction
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat and not has_template:
+            raise ConfigError("chat=True needs a tokenizer with a chat template")
+        self.chat = has_template if chat is None else chat
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_id = int(tokenizer.eos_token_id)
         self._policy_id = policy_id
@@ -125,16 +134,30 @@ class LMPolicy:
         """Token ids of the prompt for ``request`` within the prompt budget, and whether it was cut."""
         keep = min(self.prompt_format.history_turns, len(request.history))
         while True:
-            ids: list[int] = self.tokenizer(self.prompt_format.render(request, history_turns=keep))["input_ids"]
+            ids = self._prompt_ids(request, keep)
             if len(ids) <= self.max_prompt_tokens:
                 return ids, keep < min(self.prompt_format.history_turns, len(request.history))
             if keep == 0:
                 return ids[len(ids) - self.max_prompt_tokens :], True
             keep -= 1
 
+    def _prompt_ids(self, request: PolicyRequest, history_turns: int) -> list[int]:
+        if not self.chat:
+            ids: list[int] = self.tokenizer(self.prompt_format.render(request, history_turns=history_turns))[
+                "input_ids"
+            ]
+            return ids
+        text = self.tokenizer.apply_chat_template(
+            self.prompt_format.messages(request, history_turns=history_turns),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        chat_ids: list[int] = self.tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        return chat_ids
+
     def encode_action(self, text: str) -> tuple[list[int], bool]:
         """Token ids of an action (ending with eos) within the per-turn budget, and whether it was cut."""
-        ids: list[int] = [*self.tokenizer(text)["input_ids"], self.eos_id]
+        ids: list[int] = [*self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"], self.eos_id]
         if len(ids) > self.max_turn_tokens:
             return ids[: self.max_turn_tokens], True
         return ids, False

@@ -39,17 +39,51 @@ def parse_action(text: str, available: tuple[str, ...] | None) -> str | None:
     return None
 
 
+SYSTEM_PROMPT = (
+    "You are an agent in a text environment. Read the task and the current observation, then reply with "
+    "exactly one action, written as it appears in the list of available actions, and nothing else."
+)
+"""System message of instruct (chat) policies."""
+
+
 @dataclass(frozen=True)
 class PromptFormat:
-    """Renders a :class:`~dg_core.PolicyRequest` as plain text ending where the action begins.
+    """Renders a :class:`~dg_core.PolicyRequest` as plain text ending where the action begins, or, for
+    instruct models, as chat messages: the task and each observation are user turns, each earlier action an
+    assistant turn, so the model's own answer is the next assistant turn.
 
     Args:
         history_turns: Most recent steps shown (older ones are dropped first when a prompt is too long).
         list_actions: Whether the available actions are listed in the prompt.
+        system_prompt: System message of the chat rendering.
     """
 
     history_turns: int = 4
     list_actions: bool = True
+    system_prompt: str = SYSTEM_PROMPT
+
+    def _observation(self, text: str, actions: tuple[str, ...] | None) -> str:
+        if self.list_actions and actions:
+            return text + "\nActions: " + " | ".join(actions)
+        return text
+
+    def messages(self, request: PolicyRequest, *, history_turns: int | None = None) -> list[dict[str, str]]:
+        """The chat messages for ``request`` (system, then alternating user / assistant, ending with a user turn).
+
+        Earlier observations list their actions too, so every turn reads as the current one does.
+        """
+        keep = self.history_turns if history_turns is None else history_turns
+        shown = request.history[len(request.history) - keep :] if keep > 0 else ()
+        turns: list[tuple[str, str]] = []
+        for step in shown:
+            turns.append(("user", self._observation(step.state.text, step.state.available_actions)))
+            turns.append(("assistant", step.action.text))
+        turns.append(("user", self._observation(request.state.text, request.state.available_actions)))
+        first_role, first_text = turns[0]
+        turns[0] = (first_role, f"Task: {request.task.instruction}\n{first_text}")
+        return [{"role": "system", "content": self.system_prompt}] + [
+            {"role": role, "content": content} for role, content in turns
+        ]
 
     def render(self, request: PolicyRequest, *, history_turns: int | None = None) -> str:
         """The prompt for ``request``, showing at most ``history_turns`` earlier steps."""
