@@ -99,14 +99,14 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32", device: str | to
     """Load a causal LM (safetensors only) from a local directory or hub id, in ``dtype`` on ``device``."""
     from transformers import AutoModelForCausalLM
 
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), use_safetensors=True, dtype=resolve_dtype(dtype, device)
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"no causal LM could be loaded from {path}: {error}") from error
-    moved: Any = model.to(torch.device(device))
-    return moved
+    return model.to(torch.device(device))
 
 
 @dataclass
