@@ -57,25 +57,43 @@ def _requirement_name(requirement: str) -> str:
     return match.group(1).lower().replace("_", "-") if match else ""
 
 
+def _requirement_extras(requirement: str) -> set[str]:
+    match = re.match(r"^\s*[A-Za-z0-9_.\-]+\s*\[([^\]]*)\]", requirement)
+    return {extra.strip() for extra in match.group(1).split(",")} if match else set()
+
+
 def sibling_closure(package: str) -> list[str]:
     """The dg packages ``package`` needs, itself last: its dependencies and the dg packages its extras name
-    (a test extra may bring a sibling from lower in the graph), and their dependencies in turn."""
+    (a test extra may bring a sibling from lower in the graph), and their dependencies in turn, following the
+    extras each requirement names (``dg-expmodel[train]`` brings what ``train`` and ``hf`` need)."""
     seen: list[str] = []
+    visited: dict[str, set[str]] = {}
 
-    def visit(name: str, with_extras: bool) -> None:
+    def visit(name: str, extras: set[str] | None) -> None:
+        asked = {"*"} if extras is None else set(extras)
+        if name in visited and asked <= visited[name]:
+            return
+        visited[name] = visited.get(name, set()) | asked
         project = tomllib.loads((PACKAGE_DIRS[name] / "pyproject.toml").read_text())["project"]
+        optional = project.get("optional-dependencies", {})
         requirements = list(project.get("dependencies", []))
-        if with_extras:
-            for extra in project.get("optional-dependencies", {}).values():
-                requirements += extra
+        wanted = set(optional) if extras is None else set(extras)
+        done: set[str] = set()
+        while wanted - done:
+            extra = (wanted - done).pop()
+            done.add(extra)
+            for requirement in optional.get(extra, []):
+                requirements.append(requirement)
+                if _requirement_name(requirement) == name:  # an extra naming its own package's extras
+                    wanted |= _requirement_extras(requirement)
         for requirement in requirements:
             dependency = _requirement_name(requirement)
-            if dependency in PACKAGES and dependency != name and dependency not in seen:
-                visit(dependency, with_extras=False)
+            if dependency in PACKAGES and dependency != name:
+                visit(dependency, _requirement_extras(requirement))
         if name not in seen:
             seen.append(name)
 
-    visit(package, with_extras=True)
+    visit(package, None)
     return seen
 
 
