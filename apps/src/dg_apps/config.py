@@ -255,7 +255,8 @@ class EvalConfig(Strict):
     tasks: str = "test"
     """A split name or a task file."""
     policy: str = "random"
-    """``random``, ``expert`` or a policy directory (``dg train``'s ``policy/``, or its run directory)."""
+    """``random``, ``expert``, a policy directory (``dg train``'s ``policy/``, or its run directory), or any model
+    source as a zero-shot policy (``smollm2``, a ``.gguf`` file, a Hugging Face directory)."""
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     episodes_per_task: int = Field(default=2, ge=1)
 

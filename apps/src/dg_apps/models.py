@@ -145,7 +145,16 @@ def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
 
 
 def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None) -> Any:
-    """Load a policy directory (or a ``dg train`` run directory) with the settings it was saved with."""
+    """Load a policy directory (or a ``dg train`` run directory) with the settings it was saved with.
+
+    Any other model source (``smollm2``, a ``.gguf`` file, a Hugging Face directory) is a zero-shot policy
+    with the default settings (choose mode, no history, mean log-prob scores; chat prompts for instruct models).
+    """
+    local = Path(path)
+    if not (local / POLICY_META).exists() and not (local / "policy" / POLICY_META).exists():
+        zero_shot = PolicyConfig(model=str(path))
+        model, tokenizer = load_lm(path, dtype=zero_shot.dtype)
+        return _lm_policy(model, tokenizer, zero_shot, seed, policy_id or local.name)
     folder = policy_dir(path)
     config = PolicyConfig.model_validate(json.loads((folder / POLICY_META).read_text()))
     model, tokenizer = load_lm(folder, dtype=config.dtype)
@@ -228,6 +237,7 @@ def fit_expmodel(
         # Loaded first: an instruct model's chat template renders the training prompts, exactly as the
         # inference backend will render them.
         model, tokenizer = load_lm(config.model, dtype=config.dtype, padding_side="left")
+        model.train()  # loaded in eval mode; it is about to be fine-tuned
         lora = LoraSettings() if trainer.get("strategy") != "fsdp" else None
     examples = examples_from_trajectories(
         trajectories, RuleBasedAnnotator(), options=options, retrieve=retrieve, tokenizer=tokenizer
