@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dg_core import Action, ConfigError, PolicyRequest
 from dg_rl._prompt import PromptFormat, parse_action
-from dg_rl._scoring import pack_rows, reduce_scores, sample_completions, score_completions
+from dg_rl._scoring import pack_rows, reduce_scores, sample_completions, score_candidates
 
 __all__ = ["ActionMode", "Decision", "LMPolicy", "ScoreReduction"]
 
@@ -228,7 +228,7 @@ class LMPolicy:
         for start in range(0, len(prompts), self.score_batch_rows):
             chunk = slice(start, start + self.score_batch_rows)
             rows = pack_rows(prompts[chunk], actions[chunk], pad_id=self.pad_id, device=self.device)
-            scores = score_completions(self.model, rows)
+            scores = score_candidates(self.model, rows)  # each prompt's KV cache shared by its candidates
             out.append(reduce_scores(scores.logprobs, rows.completion_lengths, self.score_reduction).float().cpu())
         return torch.cat(out)
 

@@ -16,7 +16,19 @@ import transformers
 from packaging.version import Version
 from torch import Tensor, nn
 
-__all__ = ["CompletionScores", "PackedRows", "pack_rows", "reduce_scores", "sample_completions", "score_completions"]
+__all__ = [
+    "CompletionScores",
+    "PackedRows",
+    "pack_rows",
+    "reduce_scores",
+    "sample_completions",
+    "score_candidates",
+    "score_completions",
+    "score_unshared",
+]
+
+# Attention implementations that take a custom 4D mask as given (others get ``score_completions``).
+_TREE_ATTENTION = ("sdpa", "eager")
 
 
 @cache
@@ -156,6 +168,130 @@ def score_completions(
     if with_prompt_hidden:
         prompt_hidden = prefix.hidden_states[-1][distinct, last][rows.row_prompt]
     return CompletionScores(logprobs=logprobs, mask=mask, entropy=entropy, prompt_hidden=prompt_hidden)
+
+
+@torch.no_grad()
+def score_candidates(model: nn.Module, rows: PackedRows, *, temperature: float = 1.0) -> CompletionScores:
+    """Log-probabilities of packed completions with each prompt's KV cache shared, not copied (no gradients).
+
+    Equal to :func:`score_completions` (and to running every ``prompt + completion`` row in full) within
+    float tolerance, for scoring many candidates of few prompts, as choose mode does. The distinct prompts
+    run once; then all completions of one prompt run as *one* sequence after it ("tree attention"): a 4D
+    mask lets each completion token see its prompt and the earlier tokens of its own completion only, and
+    position ids restart at the prompt length for each completion. The prompt cache is read by every
+    completion of its prompt instead of being copied once per row, and completions are not padded to the
+    longest one. Only ``sdpa`` and ``eager`` attention take such a mask; other implementations fall back to
+    :func:`score_completions`.
+
+    Args:
+        model: A causal LM that takes a KV cache and a 4D attention mask (Llama, Qwen2 and their kin).
+        rows: From :func:`pack_rows` (right-padded prompts).
+        temperature: Logits are divided by it.
+    """
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation not in _TREE_ATTENTION:
+        return score_completions(model, rows, temperature=temperature)
+    device = rows.prompt_ids.device
+    prompts, prompt_width = rows.prompt_ids.shape
+    count, width = rows.completion_ids.shape
+    lengths = rows.prompt_mask.sum(1)
+    # Logits only at each prompt's last token (a full-vocabulary head over every prompt token is costly).
+    keep, last = torch.unique(lengths - 1, return_inverse=True)
+    prefix = model(input_ids=rows.prompt_ids, attention_mask=rows.prompt_mask, use_cache=True, logits_to_keep=keep)
+    offsets = torch.arange(width, device=device)
+    mask = (offsets.unsqueeze(0) < rows.completion_lengths.unsqueeze(1)).float()
+    first = prefix.logits[torch.arange(prompts, device=device), last].float()
+    logprobs = torch.zeros((count, width), dtype=torch.float32, device=device)
+    logprobs[:, 0] = _token_logprobs(first[rows.row_prompt], rows.completion_ids[:, 0], temperature)
+    # Every completion token but the last is fed; its output predicts the next one.
+    fed = (rows.completion_lengths - 1).clamp(min=0)
+    if int(fed.max()) > 0:
+        # Slot of each completion's first fed token in its prompt's tree: fed tokens of earlier rows of that prompt.
+        order = torch.argsort(rows.row_prompt, stable=True)
+        ends = torch.zeros(count, dtype=torch.long, device=device)
+        ends[order] = fed[order].cumsum(0)
+        group_end = torch.zeros(prompts, dtype=torch.long, device=device).scatter_reduce(
+            0, rows.row_prompt, ends, reduce="amax"
+        )
+        tree_lengths = torch.zeros(prompts, dtype=torch.long, device=device).index_add_(0, rows.row_prompt, fed)
+        starts = ends - fed - (group_end - tree_lengths)[rows.row_prompt]
+        row, offset = torch.nonzero(offsets[:-1].unsqueeze(0) < fed.unsqueeze(1), as_tuple=True)
+        owner_prompt = rows.row_prompt[row]
+        slot = starts[row] + offset
+        tree_width = int(tree_lengths.max())
+        slots = torch.arange(tree_width, device=device)
+        tree_ids = torch.full((prompts, tree_width), int(rows.completion_ids[0, 0]), device=device)
+        tree_ids[owner_prompt, slot] = rows.completion_ids[row, offset]
+        positions = lengths.unsqueeze(1).repeat(1, tree_width)
+        positions[owner_prompt, slot] = lengths[owner_prompt] + offset
+        # A padding slot is its own one-token completion: it sees the prompt and itself, so no row of the
+        # mask is empty (an empty row is NaN in attention and spreads through the padding's keys).
+        owner = (count + slots).unsqueeze(0).repeat(prompts, 1)
+        owner[owner_prompt, slot] = row
+        depth = torch.zeros((prompts, tree_width), dtype=torch.long, device=device)
+        depth[owner_prompt, slot] = offset
+        sees_tree = (owner.unsqueeze(2) == owner.unsqueeze(1)) & (depth.unsqueeze(1) <= depth.unsqueeze(2))
+        sees_prompt = rows.prompt_mask.bool().unsqueeze(1).expand(prompts, tree_width, prompt_width)
+        allowed = torch.cat([sees_prompt, sees_tree], dim=2).unsqueeze(1)
+        attention: Tensor = allowed
+        if implementation == "eager":  # eager attention adds the mask to its scores
+            dtype = next(model.parameters()).dtype
+            attention = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
+        tree = model(
+            input_ids=tree_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            **_with_cache(_cache_of(prefix)),
+        )
+        logprobs[row, offset + 1] = _token_logprobs(
+            tree.logits[owner_prompt, slot].float(), rows.completion_ids[row, offset + 1], temperature
+        )
+    return CompletionScores(logprobs=logprobs * mask, mask=mask, entropy=None, prompt_hidden=None)
+
+
+def _token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """``log_softmax(logits / temperature)`` at ``targets``, one per row of ``logits``."""
+    scaled = logits / temperature if temperature != 1.0 else logits
+    return scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+@torch.no_grad()
+def score_unshared(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    temperature: float = 1.0,
+) -> CompletionScores:
+    """Reference scorer: every ``prompt + completion`` row runs in full, sharing nothing (no gradients).
+
+    What the shared-prompt scorers are checked against and measured beside; it costs a prompt forward per row.
+    """
+    device = next(model.parameters()).device
+    width = max(1, max(len(c) for c in completions))
+    full = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    ids = torch.full((len(prompts), full), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        ids[row, : len(prompt) + len(completion)] = torch.tensor([*prompt, *completion], dtype=torch.long)
+        attention[row, : len(prompt) + len(completion)] = 1
+    # Logits only where some row predicts a completion token: rows sharing a prompt need just ``width`` of them.
+    first = min(len(p) for p in prompts) - 1
+    keep = torch.arange(first, full - 1, device=device)
+    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), logits_to_keep=keep).logits
+    logprobs = torch.zeros((len(prompts), width), dtype=torch.float32, device=device)
+    mask = torch.zeros_like(logprobs)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if completion:
+            start = len(prompt) - 1 - first
+            predicting = logits[row, start : start + len(completion)].float()
+            targets = torch.tensor(list(completion), dtype=torch.long, device=device)
+            logprobs[row, : len(completion)] = _token_logprobs(predicting, targets, temperature)
+            mask[row, : len(completion)] = 1.0
+    return CompletionScores(logprobs=logprobs, mask=mask, entropy=None, prompt_hidden=None)
 
 
 def reduce_scores(logprobs: Tensor, lengths: Tensor, reduction: str) -> Tensor:
