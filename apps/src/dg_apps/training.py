@@ -257,7 +257,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     )
     last = run.path / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
         trainer.save_checkpoint(last)
         save_policy(policy, config.policy, run.path / "policy")
     except BaseException:

@@ -95,3 +95,29 @@ def test_fit_lowers_loss_saves_hf_and_resumes(tokenizer: Any, trajectories: list
 def test_fit_refuses_empty_data(tokenizer: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least one training example"):
         fit_experience_model(None, tokenizer, [], output_dir=tmp_path)
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: what a crafted checkpoint would run on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "ran"))  # type: ignore[return-value]
+
+
+def test_a_crafted_checkpoint_is_refused_not_run(
+    tokenizer: Any, trajectories: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, tmp_path / "checkpoints" / "last.ckpt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # the environment cannot switch the check off
+    train = examples_from_trajectories(trajectories[:4], RuleBasedAnnotator(), options=OPTIONS)
+    model = tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2, max_positions=1024)
+    with pytest.raises(pickle.UnpicklingError):
+        fit_experience_model(model, tokenizer, train, output_dir=tmp_path, max_epochs=1, progress=False)
+    assert not marker.exists()

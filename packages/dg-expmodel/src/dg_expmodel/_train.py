@@ -235,7 +235,9 @@ def fit_experience_model(
     )
     last = checkpoints / "last.ckpt"
     resumed = str(last) if resume and last.exists() else None
-    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches, ckpt_path=resumed)
+    trainer.fit(
+        module, train_dataloaders=train_batches, val_dataloaders=val_batches, ckpt_path=resumed, weights_only=True
+    )
     model_dir = save_hf_directory(module.model, tokenizer, output / "model")
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
