@@ -53,12 +53,16 @@ def _policy_corpus(trajectories: Iterable[Trajectory], tasks: Iterable[Task]) ->
     return texts
 
 
+def _find_policy_dir(path: Path) -> Path | None:
+    return next((candidate for candidate in (path, path / "policy") if (candidate / POLICY_META).exists()), None)
+
+
 def policy_dir(path: str | Path) -> Path:
     """A policy directory: ``path`` itself or ``path/policy`` (a ``dg train`` run directory)."""
     path = Path(path)
-    for candidate in (path, path / "policy"):
-        if (candidate / POLICY_META).exists():
-            return candidate
+    found = _find_policy_dir(path)
+    if found is not None:
+        return found
     raise ConfigError(f"{path} is not a policy directory (no {POLICY_META}; `dg train` writes RUN/policy)")
 
 
@@ -150,12 +154,11 @@ def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None
     Any other model source (``smollm2``, a ``.gguf`` file, a Hugging Face directory) is a zero-shot policy
     with the default settings (choose mode, no history, mean log-prob scores; chat prompts for instruct models).
     """
-    local = Path(path)
-    if not (local / POLICY_META).exists() and not (local / "policy" / POLICY_META).exists():
+    folder = _find_policy_dir(Path(path))
+    if folder is None:
         zero_shot = PolicyConfig(model=str(path))
         model, tokenizer = load_lm(path, dtype=zero_shot.dtype)
-        return _lm_policy(model, tokenizer, zero_shot, seed, policy_id or local.name)
-    folder = policy_dir(path)
+        return _lm_policy(model, tokenizer, zero_shot, seed, policy_id or Path(path).name)
     config = PolicyConfig.model_validate(json.loads((folder / POLICY_META).read_text()))
     model, tokenizer = load_lm(folder, dtype=config.dtype)
     return _lm_policy(model, tokenizer, config, seed, policy_id or folder.parent.name)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dg_core import PolicyRequest
+from dg_core import PolicyRequest, Step
 
 __all__ = ["PromptFormat", "parse_action"]
 
@@ -62,6 +63,10 @@ class PromptFormat:
     list_actions: bool = True
     system_prompt: str = SYSTEM_PROMPT
 
+    def _shown(self, request: PolicyRequest, history_turns: int | None) -> Sequence[Step]:
+        keep = self.history_turns if history_turns is None else history_turns
+        return request.history[len(request.history) - keep :] if keep > 0 else ()
+
     def _observation(self, text: str, actions: tuple[str, ...] | None) -> str:
         if self.list_actions and actions:
             return text + "\nActions: " + " | ".join(actions)
@@ -72,10 +77,8 @@ class PromptFormat:
 
         Earlier observations list their actions too, so every turn reads as the current one does.
         """
-        keep = self.history_turns if history_turns is None else history_turns
-        shown = request.history[len(request.history) - keep :] if keep > 0 else ()
         turns: list[tuple[str, str]] = []
-        for step in shown:
+        for step in self._shown(request, history_turns):
             turns.append(("user", self._observation(step.state.text, step.state.available_actions)))
             turns.append(("assistant", step.action.text))
         turns.append(("user", self._observation(request.state.text, request.state.available_actions)))
@@ -87,14 +90,9 @@ class PromptFormat:
 
     def render(self, request: PolicyRequest, *, history_turns: int | None = None) -> str:
         """The prompt for ``request``, showing at most ``history_turns`` earlier steps."""
-        keep = self.history_turns if history_turns is None else history_turns
         lines = [f"Task: {request.task.instruction}"]
-        shown = request.history[len(request.history) - keep :] if keep > 0 else ()
-        for step in shown:
+        for step in self._shown(request, history_turns):
             lines.append(step.state.text)
             lines.append(f"> {step.action.text}")
-        lines.append(request.state.text)
-        actions = request.state.available_actions
-        if self.list_actions and actions:
-            lines.append("Actions: " + " | ".join(actions))
+        lines.append(self._observation(request.state.text, request.state.available_actions))
         return "\n".join(lines) + "\n> "
