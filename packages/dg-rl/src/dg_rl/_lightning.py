@@ -1,4 +1,11 @@
-"""Thin LightningModules around the GRPO and PPO losses: score the batch, call the loss, sum ``loss_*``."""
+"""Thin LightningModules around the GRPO and PPO losses: score the batch, call the loss, sum ``loss_*``.
+
+An update on a batch too large to score in one pass (``micro_batch_tokens``) is still the update of the
+whole batch: the losses see every unit at once, through values scored without gradients, and the
+gradient of the loss with respect to those values is then pushed through the model one group of prompts
+at a time (each group re-scored with gradients). The sum over groups is the full gradient by the chain
+rule, for any loss, at the cost of one extra forward pass without gradients.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,15 @@ from torch import Tensor, nn
 from dg_rl._batch import RolloutBatch, packed_rows, scatter_units, stats_keys
 from dg_rl._losses import GRPOLoss, PPOLoss, gae, group_advantages
 from dg_rl._policy import LMPolicy
-from dg_rl._units import UnitScores, score_units
+from dg_rl._scoring import (
+    CompletionScores,
+    place_rows,
+    prompt_chunks,
+    score_completions,
+    score_completions_chunked,
+    select_prompts,
+)
+from dg_rl._units import UnitScores, score_units, units_from_rows
 
 __all__ = ["GRPOModule", "PPOModule", "frozen_reference"]
 
@@ -28,17 +43,43 @@ def frozen_reference(model: nn.Module) -> nn.Module:
 
 
 class _PolicyModule(L.LightningModule):
-    def __init__(self, policy: LMPolicy, *, learning_rate: float, weight_decay: float) -> None:
+    def __init__(
+        self, policy: LMPolicy, *, learning_rate: float, weight_decay: float, micro_batch_tokens: int | None
+    ) -> None:
         super().__init__()
+        if micro_batch_tokens is not None and micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be positive or None, got {micro_batch_tokens}")
         self.policy = policy
         self.model = policy.model
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.micro_batch_tokens = micro_batch_tokens
+        # One optimiser step per batch, its gradient accumulated over groups of prompts when the batch is large.
+        self.automatic_optimization = False
         self._step_started = 0.0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def _row_options(self, with_hidden: bool) -> dict[str, Any]:
+        choose = self.policy.mode == "choose"
+        return {
+            "temperature": 1.0 if choose else self.policy.temperature,
+            "with_entropy": not choose,
+            "with_prompt_hidden": with_hidden,
+        }
+
+    def _units(self, rows: CompletionScores, batch: RolloutBatch, with_hidden: bool) -> UnitScores:
+        return units_from_rows(
+            rows,
+            batch,
+            mode=self.policy.mode,
+            temperature=self.policy.temperature,
+            score_reduction=self.policy.score_reduction,
+            with_entropy=True,
+            with_hidden=with_hidden,
+        )
 
     def _score(self, batch: RolloutBatch, *, with_hidden: bool = False) -> UnitScores:
         return score_units(
@@ -50,6 +91,59 @@ class _PolicyModule(L.LightningModule):
             with_entropy=True,
             with_hidden=with_hidden,
         )
+
+    def _loss(self, batch: RolloutBatch, scores: UnitScores) -> Tensor:
+        """The summed ``loss_*`` terms of ``batch`` given its unit scores (and their logging)."""
+        raise NotImplementedError  # each algorithm's module defines it
+
+    _with_hidden = False
+    """Whether the loss reads each turn's hidden state (PPO's value head)."""
+
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
+        optimizer: Any = self.optimizers()
+        optimizer.zero_grad()
+        rows = packed_rows(batch)
+        groups = prompt_chunks(rows, self.micro_batch_tokens) if self.micro_batch_tokens is not None else []
+        if len(groups) <= 1:
+            total = self._loss(batch, self._score(batch, with_hidden=self._with_hidden))
+            self.manual_backward(total)
+        else:
+            total = self._chunked_backward(batch, groups)
+        optimizer.step()
+        return total.detach()
+
+    def _chunked_backward(self, batch: RolloutBatch, groups: list[Tensor]) -> Tensor:
+        rows = packed_rows(batch)
+        options = self._row_options(self._with_hidden)
+        assert self.micro_batch_tokens is not None
+        detached = score_completions_chunked(self.model, rows, max_tokens=self.micro_batch_tokens, **options)
+        values = self._units(detached, batch, self._with_hidden)
+        leaves = UnitScores(
+            logprobs=values.logprobs.detach().requires_grad_(True),
+            entropy=values.entropy.detach().requires_grad_(True) if values.entropy is not None else None,
+            turn_hidden=values.turn_hidden.detach().requires_grad_(True) if values.turn_hidden is not None else None,
+        )
+        total = self._loss(batch, leaves)
+        self.manual_backward(total)  # d loss / d unit values (and the value head's own gradient)
+        pairs = [
+            (name, leaf.grad)
+            for name, leaf in (
+                ("logprobs", leaves.logprobs),
+                ("entropy", leaves.entropy),
+                ("turn_hidden", leaves.turn_hidden),
+            )
+            if leaf is not None and leaf.grad is not None
+        ]
+        for prompts in groups:
+            subset, row_index = select_prompts(rows, prompts)
+            part = score_completions(self.model, subset, **options)
+            units = self._units(place_rows(detached, part, row_index), batch, self._with_hidden)
+            surrogate = sum(
+                ((getattr(units, name) * grad).sum() for name, grad in pairs), torch.zeros((), device=self.device)
+            )
+            if surrogate.requires_grad:
+                self.manual_backward(surrogate)
+        return total
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
@@ -87,6 +181,9 @@ class GRPOModule(_PolicyModule):
         scale_by_std: Divide advantages by the group's standard deviation.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        micro_batch_tokens: Tokens scored per forward / backward pass (each prompt once plus its completions);
+            a larger batch is scored in groups of prompts and its update is still that of the whole batch.
+            ``None``: one pass over the whole batch.
     """
 
     def __init__(
@@ -98,8 +195,11 @@ class GRPOModule(_PolicyModule):
         scale_by_std: bool = True,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
+        micro_batch_tokens: int | None = None,
     ) -> None:
-        super().__init__(policy, learning_rate=learning_rate, weight_decay=weight_decay)
+        super().__init__(
+            policy, learning_rate=learning_rate, weight_decay=weight_decay, micro_batch_tokens=micro_batch_tokens
+        )
         self.loss = loss or GRPOLoss()
         self.scale_by_std = scale_by_std
         self._adapter_reference = reference is None and hasattr(self.model, "disable_adapter")
@@ -128,10 +228,10 @@ class GRPOModule(_PolicyModule):
                 mode=self.policy.mode,
                 temperature=self.policy.temperature,
                 score_reduction=self.policy.score_reduction,
+                max_tokens=self.micro_batch_tokens,
             ).logprobs
 
-    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
-        scores = self._score(batch)
+    def _loss(self, batch: RolloutBatch, scores: UnitScores) -> Tensor:
         advantages = group_advantages(batch["episode_return"], batch["episode_group"], scale_by_std=self.scale_by_std)
         reference = self.reference_logprobs(batch) if self.loss.kl_coef > 0 else None
         terms = self.loss(scores.logprobs, batch["old_logprobs"], advantages, batch["unit_mask"], reference)
@@ -149,7 +249,10 @@ class PPOModule(_PolicyModule):
         normalize_advantages: Whiten advantages over the batch's turns.
         learning_rate: AdamW learning rate (policy and value head).
         weight_decay: AdamW weight decay.
+        micro_batch_tokens: As for :class:`GRPOModule`.
     """
+
+    _with_hidden = True
 
     def __init__(
         self,
@@ -161,8 +264,11 @@ class PPOModule(_PolicyModule):
         normalize_advantages: bool = True,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
+        micro_batch_tokens: int | None = None,
     ) -> None:
-        super().__init__(policy, learning_rate=learning_rate, weight_decay=weight_decay)
+        super().__init__(
+            policy, learning_rate=learning_rate, weight_decay=weight_decay, micro_batch_tokens=micro_batch_tokens
+        )
         self.loss = loss or PPOLoss()
         self.gamma = gamma
         self.lam = lam
@@ -180,8 +286,7 @@ class PPOModule(_PolicyModule):
         table = values.new_zeros((episodes, turns))
         return table.index_put((batch["turn_episode"], batch["turn_col"]), values)
 
-    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
-        scores = self._score(batch, with_hidden=True)
+    def _loss(self, batch: RolloutBatch, scores: UnitScores) -> Tensor:
         assert scores.turn_hidden is not None
         values = self._turn_table(batch, self.value_head(scores.turn_hidden.float()).squeeze(-1))
         turn_mask = self._turn_table(batch, torch.ones_like(batch["turn_reward"]))

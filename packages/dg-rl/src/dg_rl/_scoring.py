@@ -20,11 +20,15 @@ __all__ = [
     "CompletionScores",
     "PackedRows",
     "pack_rows",
+    "place_rows",
+    "prompt_chunks",
     "reduce_scores",
     "sample_completions",
     "score_candidates",
     "score_completions",
+    "score_completions_chunked",
     "score_unshared",
+    "select_prompts",
 ]
 
 # Attention implementations that take a custom 4D mask as given (others get ``score_completions``).
@@ -135,11 +139,15 @@ def score_completions(
     """
     lengths = rows.prompt_mask.sum(1)
     last = lengths - 1
+    # Logits only at each prompt's last token: a full-vocabulary head over every prompt token is the largest
+    # tensor of the pass (prompts x prompt tokens x vocabulary; 49k words for SmolLM2) and none of it is read.
+    keep, last_kept = torch.unique(last, return_inverse=True)
     prefix = model(
         input_ids=rows.prompt_ids,
         attention_mask=rows.prompt_mask,
         use_cache=True,
         output_hidden_states=with_prompt_hidden,
+        logits_to_keep=keep,
     )
     distinct = torch.arange(rows.prompt_ids.shape[0], device=rows.prompt_ids.device)
     kv_cache = _cache_of(prefix)
@@ -147,7 +155,7 @@ def score_completions(
     width = rows.completion_ids.shape[1]
     offsets = torch.arange(width, device=rows.completion_ids.device)
     mask = (offsets.unsqueeze(0) < rows.completion_lengths.unsqueeze(1)).float()
-    first_logits = prefix.logits[distinct, last][rows.row_prompt].unsqueeze(1)
+    first_logits = prefix.logits[distinct, last_kept][rows.row_prompt].unsqueeze(1)
     if width > 1:
         attention = torch.cat([rows.prompt_mask[rows.row_prompt], mask.long()], dim=1)
         completion = model(
@@ -168,6 +176,112 @@ def score_completions(
     if with_prompt_hidden:
         prompt_hidden = prefix.hidden_states[-1][distinct, last][rows.row_prompt]
     return CompletionScores(logprobs=logprobs, mask=mask, entropy=entropy, prompt_hidden=prompt_hidden)
+
+
+def prompt_chunks(rows: PackedRows, max_tokens: int) -> list[Tensor]:
+    """Consecutive groups of prompt indices whose tokens (each prompt once, plus every completion of its rows)
+    stay within ``max_tokens``; a prompt over the budget on its own is a group of one.
+
+    All rows of a prompt fall in the same group, so every candidate of a choose-mode turn is scored together.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    prompt_tokens = rows.prompt_mask.sum(1)
+    cost = prompt_tokens.clone().index_add_(0, rows.row_prompt, rows.completion_lengths)
+    groups: list[Tensor] = []
+    start, used = 0, 0
+    for index, tokens in enumerate(cost.tolist()):
+        if index > start and used + tokens > max_tokens:
+            groups.append(torch.arange(start, index, device=rows.prompt_ids.device))
+            start, used = index, 0
+        used += tokens
+    groups.append(torch.arange(start, len(cost), device=rows.prompt_ids.device))
+    return groups
+
+
+def select_prompts(rows: PackedRows, prompts: Tensor) -> tuple[PackedRows, Tensor]:
+    """The rows of ``prompts`` only (trimmed to their own widths), and their indices in ``rows``."""
+    row_index = torch.isin(rows.row_prompt, prompts).nonzero().squeeze(1)
+    renumber = torch.full((rows.prompt_ids.shape[0],), -1, dtype=torch.long, device=rows.prompt_ids.device)
+    renumber[prompts] = torch.arange(len(prompts), device=rows.prompt_ids.device)
+    prompt_width = int(rows.prompt_mask[prompts].sum(1).max())
+    lengths = rows.completion_lengths[row_index]
+    completion_width = max(1, int(lengths.max()))
+    subset = PackedRows(
+        prompt_ids=rows.prompt_ids[prompts, :prompt_width],
+        prompt_mask=rows.prompt_mask[prompts, :prompt_width],
+        row_prompt=renumber[rows.row_prompt[row_index]],
+        completion_ids=rows.completion_ids[row_index, :completion_width],
+        completion_lengths=lengths,
+    )
+    return subset, row_index
+
+
+def _place(full: Tensor | None, part: Tensor | None, row_index: Tensor) -> Tensor | None:
+    """``full`` with the rows ``row_index`` replaced by ``part`` (right-padded to ``full``'s width)."""
+    if full is None or part is None:
+        return None
+    if part.dim() == 2 and part.shape[1] < full.shape[1]:
+        part = torch.nn.functional.pad(part, (0, full.shape[1] - part.shape[1]))
+    return full.index_put((row_index,), part.to(full.dtype))
+
+
+def place_rows(full: CompletionScores, part: CompletionScores, row_index: Tensor) -> CompletionScores:
+    """``full`` with the rows ``row_index`` taken from ``part``, the scores of :func:`select_prompts`' subset.
+
+    Gradients flow through ``part`` only when ``full`` is detached: the chunked update of the Lightning modules
+    re-scores one group of prompts at a time this way.
+    """
+    logprobs = _place(full.logprobs, part.logprobs, row_index)
+    mask = _place(full.mask, part.mask, row_index)
+    assert logprobs is not None and mask is not None
+    return CompletionScores(
+        logprobs=logprobs,
+        mask=mask,
+        entropy=_place(full.entropy, part.entropy, row_index),
+        prompt_hidden=_place(full.prompt_hidden, part.prompt_hidden, row_index),
+    )
+
+
+def score_completions_chunked(
+    model: nn.Module,
+    rows: PackedRows,
+    *,
+    max_tokens: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_prompt_hidden: bool = False,
+) -> CompletionScores:
+    """:func:`score_completions` one group of :func:`prompt_chunks` at a time, without gradients: memory is
+    bounded by ``max_tokens`` whatever the batch, and the values equal one pass over all rows (float tolerance)."""
+    width = rows.completion_ids.shape[1]
+    count = rows.completion_ids.shape[0]
+    device = rows.completion_ids.device
+    full: CompletionScores | None = None
+    with torch.no_grad():
+        for prompts in prompt_chunks(rows, max_tokens):
+            subset, row_index = select_prompts(rows, prompts)
+            part = score_completions(
+                model,
+                subset,
+                temperature=temperature,
+                with_entropy=with_entropy,
+                with_prompt_hidden=with_prompt_hidden,
+            )
+            if full is None:
+                zeros = torch.zeros((count, width), dtype=torch.float32, device=device)
+                hidden = None
+                if part.prompt_hidden is not None:
+                    hidden = part.prompt_hidden.new_zeros((count, part.prompt_hidden.shape[1]))
+                full = CompletionScores(
+                    logprobs=zeros,
+                    mask=zeros.clone(),
+                    entropy=zeros.clone() if part.entropy is not None else None,
+                    prompt_hidden=hidden,
+                )
+            full = place_rows(full, part, row_index)
+    assert full is not None
+    return full
 
 
 @torch.no_grad()

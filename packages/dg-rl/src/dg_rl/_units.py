@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from dg_rl._batch import RolloutBatch, packed_rows, scatter_units
-from dg_rl._scoring import reduce_scores, score_completions
+from dg_rl._scoring import CompletionScores, reduce_scores, score_completions, score_completions_chunked
 
-__all__ = ["UnitScores", "score_units"]
+__all__ = ["UnitScores", "score_units", "units_from_rows"]
 
 
 @dataclass
@@ -34,21 +34,56 @@ def score_units(
     score_reduction: str = "mean",
     with_entropy: bool = False,
     with_hidden: bool = False,
+    max_tokens: int | None = None,
 ) -> UnitScores:
     """Score ``batch`` under ``model`` exactly as the policy sampled it.
 
     Choose mode: each candidate's score (mean or sum of its token log-probs), divided by the
     temperature, is normalised over the candidates of its turn; a unit's log-prob is that of the chosen
     candidate. Generate mode: the log-prob of each generated token at the temperature.
+
+    ``max_tokens`` scores the rows a group of prompts at a time, without gradients (for reference and
+    behaviour log-probs of batches too large for one pass).
     """
-    episodes, units = batch["unit_mask"].shape
-    scores = score_completions(
-        model,
-        packed_rows(batch),
-        temperature=1.0 if mode == "choose" else temperature,
-        with_entropy=with_entropy and mode != "choose",
-        with_prompt_hidden=with_hidden,
+    rows = packed_rows(batch)
+    row_temperature = 1.0 if mode == "choose" else temperature
+    row_entropy = with_entropy and mode != "choose"
+    if max_tokens is None:
+        scores = score_completions(
+            model, rows, temperature=row_temperature, with_entropy=row_entropy, with_prompt_hidden=with_hidden
+        )
+    else:
+        scores = score_completions_chunked(
+            model,
+            rows,
+            max_tokens=max_tokens,
+            temperature=row_temperature,
+            with_entropy=row_entropy,
+            with_prompt_hidden=with_hidden,
+        )
+    return units_from_rows(
+        scores,
+        batch,
+        mode=mode,
+        temperature=temperature,
+        score_reduction=score_reduction,
+        with_entropy=with_entropy,
+        with_hidden=with_hidden,
     )
+
+
+def units_from_rows(
+    scores: CompletionScores,
+    batch: RolloutBatch,
+    *,
+    mode: str,
+    temperature: float,
+    score_reduction: str = "mean",
+    with_entropy: bool = False,
+    with_hidden: bool = False,
+) -> UnitScores:
+    """Per-unit values from the per-row scores of ``batch``'s scoring rows (see :func:`score_units`)."""
+    episodes, units = batch["unit_mask"].shape
     entropy_flat: Tensor | None = None
     if mode == "choose":
         turns = batch["turn_chosen"].shape[0]
