@@ -151,12 +151,11 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: ``dg demo`` (DreamGym on TextWorld end to end); arguments after ``--`` go to it
-    (``nox -s demo -- --quick``, ``--output DIR``). Output defaults to ``runs/demo``."""
-    install_packages(session, "dg-apps", extra=None)
-    arguments = list(session.posargs)
-    if "--output" not in arguments:
-        arguments += ["--output", str(ROOT / "runs" / ("demo-quick" if "--quick" in arguments else "demo"))]
-    session.run("dg", "demo", *arguments)
+    (``nox -s demo -- --quick``, ``--model smollm2``, ``--output DIR``). Output defaults to ``runs/demo``
+    (``runs/demo-quick``, ``runs/demo-smollm2``)."""
+    install_packages(session, "dg-apps", extra="lora")  # --model fine-tunes the pretrained policy with LoRA
+    with session.chdir(ROOT):
+        session.run("dg", "demo", *session.posargs)
 
 
 # Benchmark suites: name -> (what to install, relative to the repository root; script to run).
@@ -164,6 +163,10 @@ def demo(session: nox.Session) -> None:
 BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "core": (["packages/dg-core[parquet]"], "benchmarks/core/trajectory_io.py"),
     "rl": (["packages/dg-core", "packages/dg-models", "packages/dg-rl[bench]"], "benchmarks/rl/grpo_throughput.py"),
+    "choose-scoring": (
+        [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps"],
+        "benchmarks/rl/choose_scoring.py",
+    ),
     "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
     "expmodel": (
         [

@@ -40,3 +40,25 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["demo", "--quick", "--output", str(out), "--no-progress"]) == 0  # everything kept
     assert printed.count("finished in") == len(stages)
     assert "already holds this finished run" in capsys.readouterr().out
+
+
+def test_demo_model_option_picks_the_pretrained_config_and_sets_the_policy() -> None:
+    from dg_apps.cli import config_path, demo_output, demo_source
+    from dg_apps.config import DemoConfig, load_config
+
+    source, overrides = demo_source(None, False, "smollm2", ["algorithm.steps=2"])
+    assert source == "demo-pretrained"
+    assert overrides == ["policy.model=smollm2", "policy.lora=true", "algorithm.steps=2"]
+    config = load_config(DemoConfig, config_path(source), overrides)
+    tiny_demo = load_config(DemoConfig, config_path("demo"))
+    assert (config.policy.model, config.policy.lora, config.algorithm.steps) == ("smollm2", True, 2)
+    # The same suite and held-out panel as the tiny demo, so the two tables compare.
+    assert config.env == tiny_demo.env and config.eval_seeds == tiny_demo.eval_seeds
+    assert config.expmodel == tiny_demo.expmodel
+    # --quick and --config keep their own config; the model still goes into it.
+    assert demo_source(None, True, "smollm2", []) == ("demo-quick", ["policy.model=smollm2", "policy.lora=true"])
+    assert demo_source("mine.yaml", False, None, ["seed=1"]) == ("mine.yaml", ["seed=1"])
+    assert demo_source(None, False, None, []) == ("demo", [])
+    assert demo_output(False, "smollm2") == Path("runs/demo-smollm2")
+    assert demo_output(True, "/models/SmolLM2-135M.Q4_1.gguf") == Path("runs/demo-quick-SmolLM2-135M.Q4_1")
+    assert demo_output(False, None) == Path("runs/demo")

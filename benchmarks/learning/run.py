@@ -232,8 +232,18 @@ def record(
     results.setdefault(method, []).append(entry)
 
 
+METHODS = ("initial", "real", "dreamgym", "s2r")
+"""What ``--methods`` can pick (S2R needs DreamGym's policy and real GRPO's transition count)."""
+
+
 def run_seed(
-    bench: Benchmark, seed: int, fits: dict[str, Path], results: dict[str, list[dict[str, Any]]], *, ablations: bool
+    bench: Benchmark,
+    seed: int,
+    fits: dict[str, Path],
+    results: dict[str, list[dict[str, Any]]],
+    *,
+    ablations: bool,
+    methods: tuple[str, ...] = METHODS,
 ) -> None:
     config = bench.config
     tag = f"s{seed}"
@@ -251,6 +261,8 @@ def run_seed(
         bench.evaluate(f"real-{tag}", str(bench.root.path / f"real-{tag}" / "policy"), seed),
         real,
     )
+    if "dreamgym" not in methods:
+        return
 
     dreamgym = bench.synthetic(f"dreamgym-{tag}", seed, fits["full"])
     folder = bench.root.path / f"dreamgym-{tag}"
@@ -262,6 +274,8 @@ def run_seed(
         dreamgym,
     )
 
+    if "s2r" not in methods:
+        return
     budget = max(1, math.ceil(config.s2r_fraction * real["real_transitions"]))
     s2r_config = s2r_real_phase(
         TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum)),
@@ -365,6 +379,14 @@ def _cell(value: Any, pattern: str = ",.0f") -> str:
     return "-" if value is None else format(value, pattern)
 
 
+def model_kind(source: str, lora: bool) -> str:
+    """How a table names a model: tiny (built from a config) or pretrained (and whether LoRA trained it)."""
+    if source == "tiny":
+        return "tiny (built from a config, trained from scratch)"
+    kind = "pretrained SmolLM2-135M-Instruct" if source == "smollm2" else f"pretrained `{source}`"
+    return kind + (" (LoRA)" if lora else " (full fine-tuning)")
+
+
 def markdown(
     config: LearningConfig,
     name: str,
@@ -385,6 +407,9 @@ def markdown(
         f"evaluated on the test split with {config.eval_episodes_per_task} episodes per task. GRPO, "
         f"{config.algorithm.steps} rollout batches x {config.algorithm.updates_per_batch} updates, "
         f"{config.algorithm.tasks_per_step} tasks x {config.algorithm.group_size} episodes per batch.",
+        "",
+        f"Models: policy {model_kind(config.policy.model, config.policy.lora)}; experience model "
+        f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}. 2 shared CPU cores.",
         "",
         "| method | held-out success (mean ± sd over seeds) | per seed | real transitions | synthetic transitions | "
         "policy updates | training s (mean) | experience model eps_R / eps_P |",
@@ -440,6 +465,13 @@ def main() -> None:
         default=None,
         help="seeds that also run the ablations (default: every seed); the others run methods 1-4 only",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods to run (default all; initial and real always run: the others build on them)",
+    )
     parser.add_argument("--sweeps", action="store_true", help="also the retrieval-k / history / lambda sweeps")
     parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-learning-NAME)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
@@ -469,15 +501,21 @@ def main() -> None:
     bench = Benchmark(config, root, progress=not args.no_progress)
     log(f"learning benchmark {name}: seeds {args.seeds}, run directories in {output}")
     bench.collect()
-    fits = {
-        "full": bench.expmodel("full", config.expmodel),
-        "no-replay": bench.expmodel("no-replay", config.expmodel.model_copy(update={"top_k": 0})),
-        "no-reasoning": bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False})),
-    }
-    results: dict[str, list[dict[str, Any]]] = {}
+    methods = tuple(method for method in METHODS if method in args.methods or method in ("initial", "real"))
+    if args.sweeps and "dreamgym" not in methods:
+        sys.exit("--sweeps trains DreamGym variants: keep dreamgym in --methods")
+    if "s2r" in methods and "dreamgym" not in methods:
+        sys.exit("--methods s2r needs dreamgym (its real phase starts from DreamGym's policy)")
     ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
+    if "dreamgym" not in methods:
+        ablation_seeds = []
+    fits = {"full": bench.expmodel("full", config.expmodel)} if "dreamgym" in methods else {}
+    if ablation_seeds or args.sweeps:
+        fits["no-replay"] = bench.expmodel("no-replay", config.expmodel.model_copy(update={"top_k": 0}))
+        fits["no-reasoning"] = bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False}))
+    results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
-        run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds)
+        run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds, methods=methods)
     sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
     rows = summarise(results)
     table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds)

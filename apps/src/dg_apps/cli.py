@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=COMMANDS["demo"][2], description=COMMANDS["demo"][2])
     _add_run_options(demo)
     demo.add_argument("--quick", action="store_true", help="a small, fast variant (a couple of minutes)")
+    demo.add_argument(
+        "--model",
+        help="the policy's model: a pretrained short name (smollm2), a .gguf file or a Hugging Face directory, "
+        "fine-tuned with LoRA; without --config or --quick the shipped demo-pretrained config (about 40 minutes)",
+    )
     resume = sub.add_parser("resume", help="continue the run in a directory with its own config")
     resume.add_argument("directory", type=Path)
     resume.add_argument("--no-progress", action="store_true")
@@ -196,15 +201,32 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     command = f"expmodel {args.action}" if args.command == "expmodel" else args.command
     model = COMMANDS[command][0]
     source = args.config
-    if command == "demo" and source is None:
-        source = "demo-quick" if args.quick else "demo"
-    config = load_config(model, config_path(source) if source else None, args.overrides)
+    overrides = list(args.overrides)
+    if command == "demo":
+        source, overrides = demo_source(source, args.quick, args.model, overrides)
+    config = load_config(model, config_path(source) if source else None, overrides)
     output = args.output
     if output is None:
-        output = (
-            Path("runs") / ("demo-quick" if args.quick else "demo") if command == "demo" else default_run_dir(command)
-        )
+        output = demo_output(args.quick, args.model) if command == "demo" else default_run_dir(command)
     return _execute(command, config, output, progress)
+
+
+def demo_source(config: str | None, quick: bool, model: str | None, overrides: list[str]) -> tuple[str, list[str]]:
+    """The config of ``dg demo`` and its overrides: ``--model`` picks the pretrained demo's config (unless a config
+    or ``--quick`` is given) and sets the policy's model, fine-tuned with LoRA, before the user's ``--set``."""
+    if config is None:
+        config = "demo-quick" if quick else ("demo-pretrained" if model else "demo")
+    if model:
+        overrides = [f"policy.model={model}", "policy.lora=true", *overrides]
+    return config, overrides
+
+
+def demo_output(quick: bool, model: str | None) -> Path:
+    """Where ``dg demo`` writes by default: ``runs/demo``, ``runs/demo-quick``, ``runs/demo-<model>``..."""
+    name = "demo-quick" if quick else "demo"
+    if model:
+        name += "-" + (Path(model).stem if Path(model).suffix == ".gguf" else Path(model).name)
+    return Path("runs") / name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from dg_apps.rundir import RunDir
 from dg_apps.tasks import task_panel
 from dg_apps.training import run_train
 
-__all__ = ["collect_data", "demo_output", "initial_policy", "run_demo", "run_stage"]
+__all__ = ["collect_data", "initial_policy", "run_demo", "run_stage"]
 
 
 def run_stage(
@@ -267,8 +267,3 @@ def run_demo(
     run.write_metrics(results)
     run.write_summary(summary)
     return results
-
-
-def demo_output(path: Path | None, quick: bool) -> Path:
-    """Where the demo writes by default."""
-    return path or Path("runs") / ("demo-quick" if quick else "demo")

@@ -28,7 +28,9 @@ from dg_rl._scoring import (
     pack_rows,
     reduce_scores,
     sample_completions,
+    score_candidates,
     score_completions,
+    score_completions_chunked,
 )
 from dg_rl._sft import behaviour_cloning, demonstrations
 from dg_rl._units import UnitScores, score_units
@@ -78,7 +80,9 @@ __all__ = [
     "sample_completions",
     "save_model",
     "scatter_units",
+    "score_candidates",
     "score_completions",
+    "score_completions_chunked",
     "score_units",
     "stats_keys",
     "tiny_causal_lm",
