@@ -210,6 +210,16 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         ],
         "benchmarks/expmodel/textworld_fidelity.py",
     ),
+    "annotator": (
+        [
+            "packages/dg-core",
+            "packages/dg-models[gguf]",
+            "packages/dg-replay",
+            "packages/dg-envs[textworld]",
+            "packages/dg-expmodel[hf]",
+        ],
+        "benchmarks/expmodel/annotator.py",
+    ),
     "replay": (["packages/dg-core", "packages/dg-replay[bench]"], "benchmarks/replay/run.py"),
     "envs-web": (["packages/dg-core", "packages/dg-envs[web,miniwob]"], "benchmarks/envs/web_envs.py"),
     "envs-text": (["packages/dg-core", "packages/dg-envs[textworld,alfworld]"], "benchmarks/envs/text_envs.py"),

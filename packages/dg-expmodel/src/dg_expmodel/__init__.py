@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dg_expmodel._annotate import Annotator, LLMAnnotator, RuleBasedAnnotator, step_key
+from dg_expmodel._annotate import (
+    ANNOTATION_SYSTEM_PROMPT,
+    AnnotationRecord,
+    Annotator,
+    LLMAnnotator,
+    RuleBasedAnnotator,
+    annotation_request,
+    step_key,
+)
 from dg_expmodel._audit import ABLATIONS, FAILURE_TYPES, Ablation, OpenLoop, TeacherForced, hallucinated_entities
 from dg_expmodel._audit_metrics import BinaryStats, content_words, mmd_permutation_test, set_f1, token_f1
 from dg_expmodel._audit_report import AuditReport, AuditRow, audit_experience_model, write_report
@@ -52,6 +60,7 @@ from dg_expmodel._synthetic import (
     with_initial_state,
 )
 from dg_expmodel._tiny import load_tokenizer, tiny_causal_lm, train_tokenizer
+from dg_expmodel._trace_check import CAUSAL_CONNECTIVES, COPY_SHARE, REJECT_REASONS, check_trace, copies_outcome
 
 if TYPE_CHECKING:
     from dg_expmodel._train import ExperienceModelSFT, FitResult, LoraSettings, fit_experience_model, save_hf_directory
@@ -62,16 +71,21 @@ _TRAINING = ("ExperienceModelSFT", "FitResult", "LoraSettings", "fit_experience_
 
 __all__ = [
     "ABLATIONS",
+    "ANNOTATION_SYSTEM_PROMPT",
+    "CAUSAL_CONNECTIVES",
+    "COPY_SHARE",
     "EMPTY_REASONING",
     "FAILURE_TYPES",
     "FORMAT_VERSION",
     "FREE_TEXT",
     "INITIAL_STATE_KEY",
     "PARSE_ERRORS",
+    "REJECT_REASONS",
     "RESPONSE_TAGS",
     "STOP",
     "SYSTEM_PROMPT",
     "Ablation",
+    "AnnotationRecord",
     "Annotator",
     "AuditReport",
     "AuditRow",
@@ -102,9 +116,12 @@ __all__ = [
     "TransformersBackend",
     "VLLMBackend",
     "__version__",
+    "annotation_request",
     "audit_experience_model",
     "build_messages",
+    "check_trace",
     "content_words",
+    "copies_outcome",
     "examples_from_trajectories",
     "failure_prediction",
     "fit_experience_model",
