@@ -107,6 +107,11 @@ def install(session: nox.Session, *requirements: str) -> None:
             session.log(f"building once into {WHEELS}: {', '.join(missing)} (a few minutes)")
             session.run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(WHEELS), *missing, external=True)
         find_links = ["--find-links", str(WHEELS)]
+        # uv's --find-links replaces UV_FIND_LINKS instead of adding to it: name the local CPU torch wheel's
+        # folder again, or uv takes PyPI's torch 2.13.0 (a CUDA build of several GB) for these venvs.
+        for folder in re.split(r"[\s,]+", os.environ.get("UV_FIND_LINKS", "").strip()):
+            if folder:
+                find_links += ["--find-links", folder]
     session.install("-c", str(CONSTRAINTS), *find_links, *requirements)
 
 
@@ -190,6 +195,17 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         "benchmarks/rl/choose_scoring.py",
     ),
     "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
+    "curriculum-generator": (
+        [
+            "packages/dg-core",
+            "packages/dg-models[gguf]",
+            "packages/dg-replay",
+            "packages/dg-expmodel[hf]",
+            "packages/dg-envs[textworld]",
+            "packages/dg-curriculum",
+        ],
+        "benchmarks/curriculum/generator.py",
+    ),
     "expmodel": (
         [
             "packages/dg-core",

@@ -9,11 +9,18 @@ the share of generated tasks and a minimum of seed tasks; and the :class:`Curric
 from dg_curriculum._curriculum import Curriculum, CurriculumStats
 from dg_curriculum._generator import (
     GENERATOR_FORMAT_VERSION,
+    GENERATOR_LIST_SYSTEM_PROMPT,
     GENERATOR_SYSTEM_PROMPT,
     REJECT_REASONS,
+    STOPWORDS,
     LLMTaskGenerator,
+    PromptStyle,
+    parse_candidates,
     render_generation_prompt,
+    render_list_messages,
+    render_list_prompt,
     vocabulary_of,
+    worked_examples,
 )
 from dg_curriculum._pool import PoolFileError, TaskPool, TaskRecord, normalize_instruction, world_key
 from dg_curriculum._selection import SelectionConfig, group_reward_variance, select_batch, weighted_sample
@@ -23,12 +30,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GENERATOR_FORMAT_VERSION",
+    "GENERATOR_LIST_SYSTEM_PROMPT",
     "GENERATOR_SYSTEM_PROMPT",
     "REJECT_REASONS",
+    "STOPWORDS",
     "Curriculum",
     "CurriculumStats",
     "LLMTaskGenerator",
     "PoolFileError",
+    "PromptStyle",
     "SelectionConfig",
     "SelectionStudy",
     "TaskPool",
@@ -37,9 +47,13 @@ __all__ = [
     "compare_to_uniform",
     "group_reward_variance",
     "normalize_instruction",
+    "parse_candidates",
     "render_generation_prompt",
+    "render_list_messages",
+    "render_list_prompt",
     "select_batch",
     "vocabulary_of",
     "weighted_sample",
+    "worked_examples",
     "world_key",
 ]
