@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dg_apps.cli import COMMANDS, config_path, shipped_configs
-from dg_apps.config import DemoConfig, EvalConfig, TrainConfig, apply_overrides, load_config
+from dg_apps.config import DemoConfig, EvalConfig, FitConfig, TrainConfig, apply_overrides, load_config
 from dg_core import ConfigError
 
 
@@ -120,6 +120,29 @@ def test_s2r_real_phase_trains_the_synthetic_policy_in_the_real_env_within_budge
     real = s2r_real_phase(synthetic, tmp_path / "policy", real_steps=2, real_budget=50)
     assert (real.where, real.expmodel, real.real_budget) == ("real", None, 50)
     assert (real.algorithm.steps, real.algorithm.group_size) == (2, 3)
-    assert (real.policy.model, real.policy.lora) == (str(tmp_path / "policy"), False)
+    # The real phase trains the synthetic phase's (merged) policy the same way: new LoRA adapters on top of it.
+    assert (real.policy.model, real.policy.lora) == (str(tmp_path / "policy"), True)
     assert (real.curriculum.enabled, real.seed) == (False, 4)
     assert (synthetic.where, synthetic.algorithm.steps, synthetic.policy.lora) == ("synthetic", 8, True)
+
+
+def test_llm_annotator_is_selectable_and_its_model_defaults_sensibly() -> None:
+    fit = load_config(FitConfig, overrides=["expmodel.annotator=llm"])
+    assert (fit.expmodel.annotator, fit.expmodel.annotator_model) == ("llm", None)
+    assert fit.expmodel.annotator_max_new_tokens == 96
+    assert fit.expmodel.annotator_source == "smollm2"  # the tiny experience model cannot explain anything
+    own = load_config(FitConfig, overrides=["expmodel.annotator=llm", "expmodel.model=smollm2"])
+    assert own.expmodel.annotator_source == "smollm2"
+    other = load_config(FitConfig, overrides=["expmodel.model=smollm2", "expmodel.annotator_model=/models/teacher"])
+    assert other.expmodel.annotator_source == "/models/teacher"
+    assert load_config(FitConfig).expmodel.annotator == "rule"
+    with pytest.raises(ConfigError, match=r"expmodel\.annotator: Input should be 'rule' or 'llm' \(got 'gpt'\)"):
+        load_config(FitConfig, overrides=["expmodel.annotator=gpt"])
+    with pytest.raises(
+        ConfigError, match=r"expmodel\.annotator_model: Value error, the LLM annotator needs a pretrained"
+    ):
+        load_config(FitConfig, overrides=["expmodel.annotator=llm", "expmodel.annotator_model=tiny"])
+    with pytest.raises(
+        ConfigError, match=r"expmodel\.annotator_max_new_tokens: Input should be greater than or equal to 8"
+    ):
+        load_config(FitConfig, overrides=["expmodel.annotator_max_new_tokens=2"])

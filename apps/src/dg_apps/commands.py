@@ -24,14 +24,21 @@ def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) ->
 
     tasks = task_panel(config.env, config.tasks)
     policy: Any = config.policy
+    workers = config.workers
     if config.policy not in NAMED_POLICIES:
-        if not Path(config.policy).exists():
+        if workers > 1:
             raise ConfigError(
-                f"policy: {config.policy!r} is neither one of {', '.join(NAMED_POLICIES)} nor a policy directory"
+                f"workers: a model policy ({config.policy!r}) plays in this process; set workers: 0 "
+                f"(worker processes play {', '.join(NAMED_POLICIES)} only)"
             )
-        policy = load_policy(config.policy, seed=config.seed)
-        if config.workers:
-            raise ConfigError("workers: a checkpoint policy plays in this process; set workers: 0")
+        workers = 0  # one worker process would play the episodes one by one all the same
+        try:  # any source `dg eval` takes: a policy directory, `smollm2`, a .gguf file, a model directory
+            policy = load_policy(config.policy, seed=config.seed)
+        except ConfigError as error:
+            raise ConfigError(
+                f"policy: {config.policy!r} is neither one of {', '.join(NAMED_POLICIES)} nor a model that "
+                f"loads ({error})"
+            ) from error
     summary = collect(
         env_factory(config.env),
         tasks,
@@ -39,7 +46,7 @@ def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) ->
         episodes=len(tasks) * config.episodes_per_task,
         policy=policy,
         epsilon=config.epsilon,
-        workers=config.workers,
+        workers=workers,
         seed=config.seed,
         run=config.policy if config.policy in NAMED_POLICIES else "checkpoint",
         progress=progress,
@@ -81,9 +88,25 @@ def run_fit(config: FitConfig, run: RunDir, *, progress: bool = True) -> dict[st
         f"# dg expmodel fit\n\n{metrics['examples']} annotated transitions from {metrics['trajectories']} real "
         f"trajectories; final train loss {loss:.4f}; replay buffer of {metrics['replay_transitions']} transitions in "
         f"`replay/`; model in `model/`. Audit it: `dg expmodel audit --set expmodel={run.path} "
-        f"--set held_out=[FILE]`.\n"
+        f"--set held_out=[FILE]`.\n" + _annotator_line(metrics.get("annotator", {}))
     )
     return metrics
+
+
+def _annotator_line(annotation: dict[str, Any]) -> str:
+    """The LLM annotator's counts for the fit summary (nothing for the rule annotator)."""
+    if annotation.get("kind") != "llm":
+        return ""
+    rejects = ", ".join(f"{reason} {count}" for reason, count in annotation["rejects"].items())
+    cost = annotation["seconds_per_generated"]
+    cost_text = f"{cost:.2f} s per generated transition" if cost is not None else "nothing generated"
+    return (
+        f"\nLLM annotator `{annotation.get('model', '?')}`: {annotation['transitions']} transitions, "
+        f"{annotation['generated']} generated, {annotation['cached']} from `annotations.jsonl`; "
+        f"{annotation['fallbacks']} replaced by the rule annotator ({rejects}); outcome copies "
+        f"{annotation['raw_copy_rate']:.0%} of raw answers, {annotation['final_copy_rate']:.0%} of final traces; "
+        f"{cost_text}.\n"
+    )
 
 
 def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
@@ -137,7 +160,8 @@ def s2r_real_phase(train: TrainConfig, policy: str | Path, *, real_steps: int, r
             "where": "real",
             "expmodel": None,
             "algorithm": train.algorithm.model_copy(update={"steps": real_steps}),
-            "policy": train.policy.model_copy(update={"model": str(policy), "lora": False}),
+            # LoRA stays LoRA: the synthetic phase saved merged weights, the real phase trains new adapters on them.
+            "policy": train.policy.model_copy(update={"model": str(policy)}),
             "real_budget": real_budget,
         }
     )

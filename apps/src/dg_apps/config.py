@@ -107,6 +107,11 @@ class AlgorithmConfig(Strict):
     max_episode_tokens: int | None = Field(default=256, ge=1)
     checkpoint_every: int = Field(default=2, ge=1)
     """Optimiser steps between checkpoints (the last one is always written)."""
+    micro_batch_tokens: int | None = Field(default=None, ge=1)
+    """Tokens scored per forward / backward pass of an update (each prompt once, plus its candidates or
+    completions); a larger batch is scored in groups and still gets the gradient of the whole batch (one extra
+    pass without gradients). ``None``: one pass for a policy under 20M parameters (the tiny ones), 1024 tokens
+    for larger ones (SmolLM2-135M needs about 0.5 GB per 100 prompt tokens with gradients, fp32 on CPU)."""
 
 
 class CurriculumConfig(Strict):
@@ -158,8 +163,15 @@ class ExpModelConfig(Strict):
     """Retrieved real transitions in every prompt (0 trains without replay grounding)."""
     reasoning: bool = True
     """False trains and runs without reasoning traces (an ablation)."""
-    annotator: Literal["rule"] = "rule"
-    """Reasoning labels: ``rule`` (offline; the LLM annotator is available from Python)."""
+    annotator: Literal["rule", "llm"] = "rule"
+    """Reasoning labels: ``rule`` (offline: what changed and why the reward is what it is, from the transition)
+    or ``llm`` (an instruct model explains the causes; an answer that is empty, degenerate, contradicts the reward
+    or only copies the outcome is replaced by the ``rule`` trace; cached in ``annotations.jsonl``, resumable)."""
+    annotator_model: str | None = None
+    """``llm`` annotator: its model source (``smollm2``, a ``.gguf`` file, a Hugging Face directory / hub id);
+    ``None`` is the experience model's own ``model`` when it is not ``tiny``, else ``smollm2``."""
+    annotator_max_new_tokens: int = Field(default=96, ge=8)
+    """``llm`` annotator: length cap of one explanation (an answer cut at the cap is rejected as degenerate)."""
     encoder: Literal["hashing", "minilm"] = "hashing"
     """Replay keys: ``hashing`` (fast, offline) or ``minilm`` (needs ``dg-apps[minilm]``)."""
     epochs: int = Field(default=6, ge=1)
@@ -176,6 +188,20 @@ class ExpModelConfig(Strict):
     vllm: dict[str, Any] = Field(default_factory=dict)
     """``vllm`` backend: engine arguments (``tensor_parallel_size``, ``gpu_memory_utilization``...)."""
 
+    @field_validator("annotator_model")
+    @classmethod
+    def _pretrained_annotator(cls, source: str | None) -> str | None:
+        if source is not None and source.strip() in ("", "tiny"):
+            raise ValueError("the LLM annotator needs a pretrained model (smollm2, a .gguf file, a model directory)")
+        return source
+
+    @property
+    def annotator_source(self) -> str:
+        """The model source of the ``llm`` annotator (``annotator_model`` with its default resolved)."""
+        if self.annotator_model is not None:
+            return self.annotator_model
+        return self.model if self.model != "tiny" else "smollm2"
+
 
 class CollectConfig(Strict):
     """``dg collect``: offline trajectories from a real environment."""
@@ -184,7 +210,8 @@ class CollectConfig(Strict):
     tasks: str = "train"
     """A split name (``train``, ``validation``, ``test``) or a task file (JSONL of dg-core ``Task``)."""
     policy: str = "expert"
-    """``expert``, ``random``, ``noisy-expert`` or a policy directory written by ``dg train``."""
+    """``expert``, ``random``, ``noisy-expert``, a policy directory written by ``dg train``, or any model source as a
+    zero-shot policy (``smollm2``, a ``.gguf`` file, a Hugging Face directory; these play in this process)."""
     episodes_per_task: int = Field(default=1, ge=1)
     epsilon: float = Field(default=0.2, ge=0, le=1)
     workers: int = Field(default=1, ge=0)
@@ -231,7 +258,7 @@ class TrainConfig(Strict):
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     real_budget: int | None = Field(default=None, ge=1)
-    """Real: stop once this many real transitions were used."""
+    """Real: collect no more once this many real transitions were used (the batch that crosses it is trained on)."""
     trainer: dict[str, Any] = Field(default_factory=lambda: {"accelerator": "cpu"})
     """Keyword arguments of ``lightning.Trainer`` (accelerator, devices, strategy, precision...)."""
     seed: int = 0
@@ -245,7 +272,8 @@ class S2RConfig(Strict):
     real_steps: int = Field(default=6, ge=1)
     """Rollout batches of the real phase at most."""
     real_budget: int = Field(default=200, ge=1)
-    """Real transitions the real phase may use."""
+    """Real transitions after which the real phase collects no more (the batch that crosses it is still trained
+    on, so the phase may use up to one batch more)."""
 
 
 class EvalConfig(Strict):

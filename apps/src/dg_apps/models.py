@@ -20,6 +20,7 @@ from dg_core import ConfigError, Task, Trajectory, read_trajectories
 
 __all__ = [
     "ExpModelBundle",
+    "annotation_summary",
     "build_policy",
     "fit_expmodel",
     "load_expmodel",
@@ -185,6 +186,86 @@ def _encoder(name: str) -> Any:
     return HashingEncoder(dim=384) if name == "hashing" else minilm_encoder()
 
 
+class _Annotated:
+    """Traces written beforehand, served by transition (the annotator's model may be freed by then)."""
+
+    def __init__(self, traces: dict[str, str]) -> None:
+        self.traces = traces
+
+    def annotate(self, steps: Sequence[Any]) -> list[str]:
+        from dg_expmodel import step_key
+
+        return [self.traces[step_key(step)] for step in steps]
+
+
+class _LazyBackend:
+    """A transformers backend whose model is loaded on the first request only (a resumed run may need none)."""
+
+    def __init__(self, config: ExpModelConfig, loaded: tuple[Any, Any] | None) -> None:
+        self.config = config
+        self.loaded = loaded
+        self._backend: Any = None
+
+    def _get(self) -> Any:
+        from dg_expmodel import TransformersBackend
+
+        if self._backend is None:
+            model, tokenizer = self.loaded or load_lm(
+                self.config.annotator_source, dtype=self.config.dtype, padding_side="left"
+            )
+            model.eval()
+            self._backend = TransformersBackend(model, tokenizer)
+        return self._backend
+
+    @property
+    def chat(self) -> bool:
+        return bool(self._get().chat)
+
+    def complete(self, prompts: Sequence[Any], sampling: Any) -> list[Any]:
+        return list(self._get().complete(prompts, sampling))
+
+
+def annotation_summary(annotator: Any, steps: Sequence[Any], traces: Sequence[str]) -> dict[str, Any]:
+    """The ``annotator`` metrics of a fit: for ``llm``, :meth:`dg_expmodel.LLMAnnotator.summary` (transitions,
+    generated, cached, fallbacks and rejects by reason, outcome-copy rates of the raw and final traces, seconds per
+    generated transition); for ``rule``, the transitions and the outcome-copy rate of their traces."""
+    from dg_expmodel import LLMAnnotator, copies_outcome, step_key
+
+    if isinstance(annotator, LLMAnnotator):
+        return annotator.summary()
+    distinct = {step_key(step): (step, trace) for step, trace in zip(steps, traces, strict=True)}
+    copies = sum(copies_outcome(trace, step) for step, trace in distinct.values())
+    return {"kind": "rule", "transitions": len(distinct), "final_copy_rate": copies / max(1, len(distinct))}
+
+
+def _annotate_with_rules(steps: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    from dg_expmodel import RuleBasedAnnotator
+
+    annotator = RuleBasedAnnotator()
+    return annotator, annotation_summary(annotator, steps, annotator.annotate(steps))
+
+
+def _annotate_with_llm(
+    config: ExpModelConfig, steps: Sequence[Any], output: Path, *, loaded: tuple[Any, Any] | None
+) -> tuple[Any, dict[str, Any]]:
+    """Annotate every step with the checked LLM annotator (all at once, in full batches); free its model unless
+    ``loaded`` (the experience model itself) was given."""
+    import gc
+
+    from dg_expmodel import LLMAnnotator, step_key
+
+    backend = _LazyBackend(config, loaded)
+    annotator = LLMAnnotator(backend, output / "annotations.jsonl", max_new_tokens=config.annotator_max_new_tokens)
+    traces = annotator.annotate(steps)
+    summary = annotation_summary(annotator, steps, traces)
+    summary["model"] = config.annotator_source
+    del annotator, backend
+    gc.collect()
+    if loaded is None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return _Annotated({step_key(step): trace for step, trace in zip(steps, traces, strict=True)}), summary
+
+
 def fit_expmodel(
     config: ExpModelConfig,
     trajectories: Sequence[Trajectory],
@@ -196,7 +277,9 @@ def fit_expmodel(
 ) -> dict[str, Any]:
     """Seed ``output/replay`` with ``trajectories``, annotate them, fine-tune the model into ``output/model``.
 
-    Resumable: a buffer already seeded is reused, training continues from its last checkpoint.
+    Resumable: a buffer already seeded is reused, LLM annotations are read back from ``output/annotations.jsonl``,
+    training continues from its last checkpoint. The returned metrics hold an ``annotator`` dict (see
+    :func:`annotation_summary`).
     """
     import functools
 
@@ -204,7 +287,6 @@ def fit_expmodel(
         LoraSettings,
         PromptOptions,
         ReplayRetriever,
-        RuleBasedAnnotator,
         examples_from_trajectories,
         fit_experience_model,
         tiny_causal_lm,
@@ -236,14 +318,28 @@ def fit_expmodel(
     model: Any = None
     tokenizer: Any = None
     lora = None
+    steps = [step for trajectory in trajectories for step in trajectory.steps]
+    # The annotator's own model is loaded, used and freed before the experience model is loaded; a model that
+    # is both annotator and experience model is loaded once. Without reasoning no trace is trained on: no LLM.
+    llm = config.annotator == "llm" and config.reasoning
+    shared = llm and config.model != "tiny" and config.annotator_source == config.model
+    annotator: Any = None
+    annotation: dict[str, Any] = {}
+    if llm and not shared:
+        annotator, annotation = _annotate_with_llm(config, steps, output, loaded=None)
     if config.model != "tiny":
         # Loaded first: an instruct model's chat template renders the training prompts, exactly as the
         # inference backend will render them.
         model, tokenizer = load_lm(config.model, dtype=config.dtype, padding_side="left")
-        model.train()  # loaded in eval mode; it is about to be fine-tuned
         lora = LoraSettings() if trainer.get("strategy") != "fsdp" else None
+    if shared:
+        annotator, annotation = _annotate_with_llm(config, steps, output, loaded=(model, tokenizer))
+    elif not llm:
+        annotator, annotation = _annotate_with_rules(steps)
+    if model is not None:
+        model.train()  # loaded in eval mode; it is about to be fine-tuned
     examples = examples_from_trajectories(
-        trajectories, RuleBasedAnnotator(), options=options, retrieve=retrieve, tokenizer=tokenizer
+        trajectories, annotator, options=options, retrieve=retrieve, tokenizer=tokenizer
     )
     if config.model == "tiny":
         tokenizer = train_tokenizer([e.prompt + e.response for e in examples], vocab_size=config.vocab_size)
@@ -296,6 +392,7 @@ def fit_expmodel(
         "resumed_from": fit.resumed_from,
         "replay_transitions": stats.total,
         "trajectories": len(trajectories),
+        "annotator": annotation,
     }
 
 
