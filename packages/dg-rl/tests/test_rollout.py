@@ -96,15 +96,17 @@ def test_only_completion_tokens_carry_gradient(make_policy: Callable[..., LMPoli
     finally:
         handle.remove()
     prompt_logits, completion_logits = projected
-    # Of the prompt positions only the last (it predicts the first policy token) gets gradient: no
-    # prompt token is ever a target.
+    # Of the prompt positions only the last (it predicts the first policy token) is projected to the vocabulary
+    # at all, and gets gradient: no prompt token is ever a target.
     prompt_grad = prompt_logits.grad
     assert prompt_grad is not None
+    last_positions = sorted({int(length) - 1 for length in batch["prompt_mask"].sum(1)})
+    assert prompt_grad.shape[1] == len(last_positions)
     for prompt in range(prompt_grad.shape[0]):
         per_position = prompt_grad[prompt].abs().sum(-1)
-        last = int(batch["prompt_mask"][prompt].sum()) - 1
-        assert per_position[last] > 0
-        assert per_position.sum().item() == per_position[last].item()
+        column = last_positions.index(int(batch["prompt_mask"][prompt].sum()) - 1)
+        assert per_position[column] > 0
+        assert per_position.sum().item() == per_position[column].item()
     grad = completion_logits.grad
     assert grad is not None
     lengths = batch["completion_lengths"]
