@@ -236,6 +236,10 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         ],
         "benchmarks/expmodel/annotator.py",
     ),
+    "expmodel-pretrained": (
+        [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps[lora]"],
+        "benchmarks/expmodel/pretrained.py",
+    ),
     "replay": (["packages/dg-core", "packages/dg-replay[bench]"], "benchmarks/replay/run.py"),
     "envs-web": (["packages/dg-core", "packages/dg-envs[web,miniwob]"], "benchmarks/envs/web_envs.py"),
     "envs-text": (["packages/dg-core", "packages/dg-envs[textworld,alfworld]"], "benchmarks/envs/text_envs.py"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dg_core import Action, ExperiencePrediction, ExperienceQuery, State, Step
+from dg_core import Action, ExperiencePrediction, ExperienceQuery, State, Step, Trajectory
 from dg_core.testing import ScriptedExperienceModel, scripted_task
 from dg_expmodel import (
     ABLATIONS,
@@ -103,6 +104,80 @@ def test_audit_table_shows_what_retrieval_buys(tmp_path: Path) -> None:
     assert (tmp_path / "audit.md").read_text().startswith("| ablation | eps_R | eps_P |")
     with pytest.raises(KeyError, match="no ablation 'nope'"):
         report.row("nope")
+
+
+class TableModel:
+    """Answers each (state, action) with a hand-written (reward, done), next state copied from the real one."""
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[float, bool, str]]) -> None:
+        self.answers = answers
+
+    def predict(self, queries: Sequence[ExperienceQuery]) -> list[ExperiencePrediction]:
+        out = []
+        for query in queries:
+            reward, done, next_text = self.answers[(query.state.text, query.action.text)]
+            out.append(ExperiencePrediction(next_state=State(text=next_text), reward=reward, done=done))
+        return out
+
+
+def _episode(name: str, outcomes: list[tuple[float, bool]]) -> Trajectory:
+    steps = [
+        Step(
+            state=State(text=f"{name} room {i}"),
+            action=Action(text="go east"),
+            next_state=State(text=f"{name} room {i + 1}"),
+            reward=reward,
+            done=done,
+            step_index=i,
+        )
+        for i, (reward, done) in enumerate(outcomes)
+    ]
+    total = sum(reward for reward, _ in outcomes)
+    record = {"id": name, "task": scripted_task(name), "steps": steps, "success": total > 0, "return": total}
+    return Trajectory.model_validate(record)
+
+
+def test_success_and_done_precision_recall_on_a_hand_made_case(tmp_path: Path) -> None:
+    # Real: a win in 3 steps, a loss at the step limit in 2, a win in 2 (2 successes, 3 episode ends).
+    held_out = [
+        _episode("a", [(0.0, False), (0.0, False), (1.0, True)]),
+        _episode("b", [(0.0, False), (0.0, True)]),
+        _episode("c", [(0.0, False), (1.0, True)]),
+    ]
+    predicted = {  # (reward, done): a premature win at a1, the b loss ended right, the c win not ended
+        "a": [(0.0, False), (1.0, True), (1.0, True)],
+        "b": [(0.0, False), (0.0, True)],
+        "c": [(0.0, False), (1.0, False)],
+    }
+    answers = {
+        (step.state.text, step.action.text): (*predicted[episode.id][step.step_index], step.next_state.text)
+        for episode in held_out
+        for step in episode.steps
+    }
+    report = audit_experience_model(
+        TableModel(answers),
+        held_out,
+        ablations=ABLATIONS[:1],
+        open_loop_episodes=0,
+        output_dir=tmp_path,
+        progress=False,
+    )
+    forced = report.row("full").teacher_forced
+    # success: TP a2, FP a1, FN c1, TN the other 4; done: TP a2 b1, FP a1, FN c1, TN 3.
+    assert (forced.success.true_positive, forced.success.false_positive) == (1, 1)
+    assert (forced.success.false_negative, forced.success.true_negative) == (1, 4)
+    assert forced.success.positives == 2
+    assert forced.success.precision == 0.5 and forced.success.recall == 0.5
+    assert forced.done.positives == 3
+    assert forced.done.precision == pytest.approx(2 / 3) and forced.done.recall == pytest.approx(2 / 3)
+    assert forced.eps_r == pytest.approx(1 / 7)  # only a1's reward is wrong
+    saved = json.loads((tmp_path / "audit.json").read_text())["full"]["teacher_forced"]
+    assert saved["success"]["precision"] == 0.5 and saved["success"]["recall"] == 0.5
+    assert saved["success"]["positives"] == 2 and saved["done"]["positives"] == 3
+    assert saved["done"]["recall"] == pytest.approx(2 / 3)
+    table = (tmp_path / "audit.md").read_text().splitlines()
+    assert "success P / R (positives) | done P / R (positives)" in table[0]
+    assert table[2].startswith("| full | 0.143 | 0.000 | 0.500 / 0.500 (2) | 0.667 / 0.667 (3) | 1.000 |")
 
 
 def test_audit_of_an_untrained_llm_counts_parse_failures(tiny_model: Any, tokenizer: Any) -> None:

@@ -80,6 +80,11 @@ class BinaryStats:
         return self.true_positive + self.false_positive + self.false_negative + self.true_negative
 
     @property
+    def positives(self) -> int:
+        """Number of actual positives (the rare class: successful final steps, episode ends)."""
+        return self.true_positive + self.false_negative
+
+    @property
     def accuracy(self) -> float:
         """Share predicted correctly."""
         return (self.true_positive + self.true_negative) / self.total if self.total else 0.0
@@ -109,6 +114,7 @@ class BinaryStats:
             "precision": self.precision,
             "recall": self.recall,
             "f1": self.f1,
+            "positives": self.positives,
             "true_positive": self.true_positive,
             "false_positive": self.false_positive,
             "false_negative": self.false_negative,

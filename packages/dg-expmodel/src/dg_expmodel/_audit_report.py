@@ -19,6 +19,7 @@ from dg_expmodel._audit import (
     open_loop,
     teacher_forced,
 )
+from dg_expmodel._audit_metrics import BinaryStats
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._synthetic import Retriever
 
@@ -62,9 +63,11 @@ class AuditReport:
 
     def markdown(self) -> str:
         """The ablation table."""
+        # Success (reward > 0 at the end of an episode) and done are rare positives: precision and recall say
+        # more than accuracy, and the count of positives says how much to trust them.
         head = (
-            "| ablation | eps_R | eps_P | success F1 | done F1 | exact next state | action F1 | hallucination | "
-            "parse failures | MMD² (p) | open-loop faithful |\n" + "| --- " * 11 + "|"
+            "| ablation | eps_R | eps_P | success P / R (positives) | done P / R (positives) | exact next state | "
+            "action F1 | hallucination | parse failures | MMD² (p) | open-loop faithful |\n" + "| --- " * 11 + "|"
         )
         lines = [head]
         for row in self.rows:
@@ -73,11 +76,16 @@ class AuditReport:
             loop = f"{row.open_loop.faithful_episodes}/{row.open_loop.episodes}" if row.open_loop else "-"
             name = row.ablation.name + ("" if row.applied else " (n/a)")
             lines.append(
-                f"| {name} | {tf.eps_r:.3f} | {tf.eps_p:.3f} | {tf.success.f1:.3f} | {tf.done.f1:.3f} | "
+                f"| {name} | {tf.eps_r:.3f} | {tf.eps_p:.3f} | {_precision_recall(tf.success)} | "
+                f"{_precision_recall(tf.done)} | "
                 f"{tf.exact_match:.3f} | {tf.action_f1:.3f} | {tf.hallucination_rate:.3f} | "
                 f"{tf.parse_failure_rate:.3f} | {mmd} | {loop} |"
             )
         return "\n".join(lines)
+
+
+def _precision_recall(stats: BinaryStats) -> str:
+    return f"{stats.precision:.3f} / {stats.recall:.3f} ({stats.positives})"
 
 
 def _progress(total: int, description: str, enabled: bool) -> Any:
