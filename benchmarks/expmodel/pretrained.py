@@ -75,10 +75,26 @@ def write_subset(path: Path, trajectories: list[Trajectory]) -> str:
     return str(path)
 
 
-def smollm2_config(tiny: ExpModelConfig, max_length: int) -> ExpModelConfig:
+SMOLLM2_EPOCHS = 1
+SMOLLM2_LEARNING_RATE = 2e-4
+
+
+def smollm2_config(
+    tiny: ExpModelConfig,
+    max_length: int,
+    *,
+    epochs: int = SMOLLM2_EPOCHS,
+    learning_rate: float = SMOLLM2_LEARNING_RATE,
+) -> ExpModelConfig:
     """SmolLM2-135M-Instruct with LoRA, the same prompt and decoding as the tiny model."""
     return tiny.model_copy(
-        update={"model": "smollm2", "epochs": 1, "learning_rate": 2e-4, "batch_size": 4, "max_length": max_length}
+        update={
+            "model": "smollm2",
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": 4,
+            "max_length": max_length,
+        }
     )
 
 
@@ -306,6 +322,14 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     ]
     for label, key, pattern in ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell(row, key, pattern) for row in rows) + " |")
+    unparsed = [row["model"] for row in rows if row["parse_failure_rate"] >= 1.0]
+    if unparsed:
+        lines += [
+            "",
+            f"**{', '.join(unparsed)}: no held-out prediction parsed.** A prediction that does not parse is replaced "
+            "by the failure state (state unchanged, reward 0, not done), so these columns measure that fallback, not "
+            "the model: equal numbers across such columns are expected and say nothing about which model is closer.",
+        ]
     lines += [
         "",
         "Success = reward > 0 on the step that ends the episode (the rare positive class; precision is 1.0 by "
@@ -328,6 +352,10 @@ def main() -> None:
     parser.add_argument("--held-out-episodes", type=int, default=None, help="audited held-out episodes (default 12)")
     parser.add_argument("--open-loop", type=int, default=None, help="held-out episodes replayed open loop (default 2)")
     parser.add_argument("--smollm2-max-length", type=int, default=2048, help="SmolLM2 training max_length")
+    parser.add_argument("--smollm2-epochs", type=int, default=SMOLLM2_EPOCHS, help="SmolLM2 LoRA epochs")
+    parser.add_argument(
+        "--smollm2-learning-rate", type=float, default=SMOLLM2_LEARNING_RATE, help="SmolLM2 LoRA learning rate"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsamples and of both fits")
     parser.add_argument("--quick", action="store_true", help="smoke size: ~30 transitions, 3 held-out episodes")
     parser.add_argument("--output", type=Path, default=Path("runs") / "bench-expmodel-pretrained")
@@ -367,12 +395,18 @@ def main() -> None:
     )
 
     tiny = config.expmodel
+    lora_suffix = ""
+    if (args.smollm2_epochs, args.smollm2_learning_rate) != (SMOLLM2_EPOCHS, SMOLLM2_LEARNING_RATE):
+        lora_suffix = f"-e{args.smollm2_epochs}-lr{args.smollm2_learning_rate:g}"
     models = [
         ("tiny", f"tiny Qwen2 built here ({tiny.num_layers} layers, hidden {tiny.hidden_size}), full fine-tune", tiny),
         (
-            "smollm2-lora",
+            # Other LoRA settings get their own stages (a stage refuses a changed config).
+            "smollm2-lora" + lora_suffix,
             "pretrained SmolLM2-135M-Instruct, LoRA",
-            smollm2_config(tiny, args.smollm2_max_length),
+            smollm2_config(
+                tiny, args.smollm2_max_length, epochs=args.smollm2_epochs, learning_rate=args.smollm2_learning_rate
+            ),
         ),
     ]
     rows = []
