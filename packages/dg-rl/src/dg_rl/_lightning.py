@@ -23,6 +23,7 @@ from dg_rl._losses import GRPOLoss, PPOLoss, gae, group_advantages
 from dg_rl._policy import LMPolicy
 from dg_rl._scoring import (
     CompletionScores,
+    PackedRows,
     place_rows,
     prompt_chunks,
     score_completions,
@@ -82,15 +83,8 @@ class _PolicyModule(L.LightningModule):
         )
 
     def _score(self, batch: RolloutBatch, *, with_hidden: bool = False) -> UnitScores:
-        return score_units(
-            self.model,
-            batch,
-            mode=self.policy.mode,
-            temperature=self.policy.temperature,
-            score_reduction=self.policy.score_reduction,
-            with_entropy=True,
-            with_hidden=with_hidden,
-        )
+        rows = score_completions(self.model, packed_rows(batch), **self._row_options(with_hidden))
+        return self._units(rows, batch, with_hidden)
 
     def _loss(self, batch: RolloutBatch, scores: UnitScores) -> Tensor:
         """The summed ``loss_*`` terms of ``batch`` given its unit scores (and their logging)."""
@@ -108,12 +102,11 @@ class _PolicyModule(L.LightningModule):
             total = self._loss(batch, self._score(batch, with_hidden=self._with_hidden))
             self.manual_backward(total)
         else:
-            total = self._chunked_backward(batch, groups)
+            total = self._chunked_backward(batch, rows, groups)
         optimizer.step()
         return total.detach()
 
-    def _chunked_backward(self, batch: RolloutBatch, groups: list[Tensor]) -> Tensor:
-        rows = packed_rows(batch)
+    def _chunked_backward(self, batch: RolloutBatch, rows: PackedRows, groups: list[Tensor]) -> Tensor:
         options = self._row_options(self._with_hidden)
         assert self.micro_batch_tokens is not None
         detached = score_completions_chunked(self.model, rows, max_tokens=self.micro_batch_tokens, **options)
