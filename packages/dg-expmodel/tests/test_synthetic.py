@@ -140,6 +140,31 @@ def test_unparseable_predictions_are_counted() -> None:
     assert env.trajectories()[0].steps[0].info == {"parse_ok": False, "failure": "unparseable model output (x)"}
 
 
+def test_failure_placeholders_are_never_written_back() -> None:
+    """An unparseable answer's placeholder is counted, not stored in the replay buffer as experience."""
+    calls = {"n": 0}
+
+    def every_other_broken(query: ExperienceQuery) -> ExperiencePrediction:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            return ExperiencePrediction(next_state=query.state, parse_ok=False, info={"failure": "unparseable"})
+        return ExperiencePrediction(next_state=query.state, reward=0.0, done=False)
+
+    buffer = real_buffer(REAL[:4])
+    before = buffer.stats().by_source
+    write_back = ReplayWriteBack(buffer)
+    env = BatchedSyntheticEnv(ScriptedExperienceModel(every_other_broken), write_back=write_back, max_steps=3)
+    env.reset(grounded_tasks(4))
+    env.step([(s.available_actions or ("look",))[0] for s in env.states])
+    env.step([(s.available_actions or ("look",))[0] for s in env.states])
+    assert env.parse_failures == 4 and env.placeholders_withheld == 4
+    assert write_back.added == 4
+    stored = buffer.stats().by_source
+    assert stored["real"] == before["real"] and stored.get("synthetic", 0) <= 4
+    synthetic = buffer.sample(100, {"source": "synthetic"}) if stored.get("synthetic") else []
+    assert all(row.step.info.get("parse_ok") is not False for row in synthetic)
+
+
 def test_missing_initial_state_and_bad_settings() -> None:
     env = SyntheticEnv(ScriptedExperienceModel())
     with pytest.raises(ConfigError, match="has no metadata\\['initial_state'\\]"):

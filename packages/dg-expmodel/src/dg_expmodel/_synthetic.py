@@ -79,6 +79,7 @@ class _SyntheticCore:
         self.write_back = write_back
         self.initial_state = initial_state or initial_state_from_metadata
         self.parse_failures = 0
+        self.placeholders_withheld = 0
 
     def queries(self, items: Sequence[tuple[Task, tuple[Step, ...], State, Action]]) -> list[ExperienceQuery]:
         queries = [
@@ -125,6 +126,11 @@ class _SyntheticCore:
             return
         by_task: dict[str, tuple[Task, list[Step]]] = {}
         for task, step in produced:
+            if step.info.get("parse_ok") is False:
+                # The failure placeholder stands in for an answer the model did not give: it is counted, never
+                # stored as experience (it would later be retrieved as if the environment had said it).
+                self.placeholders_withheld += 1
+                continue
             by_task.setdefault(task.id, (task, []))[1].append(step)
         for task, steps in by_task.values():
             self.write_back(task, steps)
@@ -139,6 +145,8 @@ class BatchedSyntheticEnv(BatchedEnv):
         top_k: Transitions retrieved per query.
         history_window: Past steps of the episode shown to the model (H).
         write_back: Receives ``(task, new synthetic steps)`` after every step (e.g. :class:`ReplayWriteBack`).
+            Steps answered with the failure placeholder of an unparseable model output are withheld (counted in
+            ``placeholders_withheld``).
         initial_state: Gives a task's initial state (default: ``task.metadata["initial_state"]``).
         env_ids: Real environments whose tasks this env accepts (default: any).
         max_steps: Per-episode step limit.
@@ -195,6 +203,11 @@ class BatchedSyntheticEnv(BatchedEnv):
         """Steps answered with the failure state because the model output did not parse."""
         return self.core.parse_failures
 
+    @property
+    def placeholders_withheld(self) -> int:
+        """Failure placeholders (unparseable answers) not handed to ``write_back``."""
+        return self.core.placeholders_withheld
+
 
 class SyntheticEnv(Env):
     """A single synthetic episode at a time (same arguments as :class:`BatchedSyntheticEnv`)."""
@@ -245,6 +258,11 @@ class SyntheticEnv(Env):
     def parse_failures(self) -> int:
         """Steps answered with the failure state because the model output did not parse."""
         return self.core.parse_failures
+
+    @property
+    def placeholders_withheld(self) -> int:
+        """Failure placeholders (unparseable answers) not handed to ``write_back``."""
+        return self.core.placeholders_withheld
 
 
 def _check_env_id(task: Task, env_ids: tuple[str, ...] | None) -> None:
