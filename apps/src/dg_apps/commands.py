@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,93 @@ from dg_apps.models import fit_expmodel, load_expmodel, load_policy, read_data
 from dg_apps.rundir import RunDir
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
 from dg_apps.training import run_train
-from dg_core import ConfigError
+from dg_core import ConfigError, TrajectoryFormatError, parse_trajectory
 
-__all__ = ["run_audit", "run_collect", "run_fit", "run_s2r", "s2r_real_phase"]
+__all__ = ["BadLine", "run_audit", "run_collect", "run_fit", "run_s2r", "s2r_real_phase", "set_aside_bad_lines"]
 
 NAMED_POLICIES = ("expert", "random", "noisy-expert")
+TORN_SUFFIX = ".torn"
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a trajectory file that is not a whole trajectory (moved aside by :func:`set_aside_bad_lines`)."""
+
+    line: int
+    """1-based line number in the file as it was."""
+    reason: str
+    """Why it was not kept."""
+
+
+def _line_problem(raw: bytes, path: Path, number: int) -> str | None:
+    """Why ``raw`` (one line, without its end of line) is not a readable trajectory; ``None`` when it is."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return f"invalid JSON ({error.msg} at column {error.colno})"
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 ({error.reason})"
+    try:
+        parse_trajectory(record, path=path, line=number)
+    except TrajectoryFormatError as error:
+        field = f" (field {error.field!r})" if error.field else ""
+        return f"not a trajectory{field}: {error.reason}"
+    return None
+
+
+def set_aside_bad_lines(path: Path) -> list[BadLine]:
+    """Keep the whole trajectories of the JSONL file ``path``; move every other line into ``<path>.torn``.
+
+    A line is kept when it is valid JSON and a valid trajectory. A last line without its end of line (the writer
+    was killed mid-write) is kept, completed, when it still parses as a whole trajectory, and moved aside
+    otherwise. Bad lines are appended, byte for byte, to ``<path>.torn`` (synced) before ``path`` is rewritten
+    atomically without them (and without blank lines), so nothing is ever lost. Returns the lines moved.
+    """
+    if not path.exists():
+        return []
+    bad: list[BadLine] = []
+    unterminated_tail_kept = False
+    with path.open("rb") as handle:
+        for number, chunk in enumerate(handle, start=1):
+            terminated = chunk.endswith(b"\n")
+            raw = chunk.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            problem = _line_problem(raw, path, number)
+            if not terminated:
+                if problem is None:
+                    unterminated_tail_kept = True
+                    continue
+                problem = f"torn: the last line stops after {len(raw)} bytes without an end of line ({problem})"
+            if problem is not None:
+                bad.append(BadLine(number, problem))
+    if not bad and not unterminated_tail_kept:
+        return []
+    dropped = {item.line for item in bad}
+    torn = path.with_name(path.name + TORN_SUFFIX)
+    fresh = path.with_name(path.name + ".rewrite")
+    aside = bytearray()
+    with path.open("rb") as source, fresh.open("wb") as kept:
+        for number, chunk in enumerate(source, start=1):
+            raw = chunk.rstrip(b"\r\n")
+            if number in dropped:
+                aside += raw + b"\n"
+            elif raw.strip():
+                kept.write(raw + b"\n")
+        kept.flush()
+        os.fsync(kept.fileno())
+    if aside:
+        with torn.open("ab") as side:
+            side.write(aside)
+            side.flush()
+            os.fsync(side.fileno())
+    os.replace(fresh, path)  # the bad lines are safe in the side file before they leave the trajectory file
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return bad
 
 
 def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
@@ -39,10 +125,22 @@ def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) ->
                 f"policy: {config.policy!r} is neither one of {', '.join(NAMED_POLICIES)} nor a model that "
                 f"loads ({error})"
             ) from error
+    output = run.path / "trajectories.jsonl"
+    bad_lines = set_aside_bad_lines(output)
+    torn = output.with_name(output.name + TORN_SUFFIX)
+    for item in bad_lines:
+        print(f"dg collect: {output}:{item.line}: {item.reason}; moved to {torn}", file=sys.stderr)
+    if bad_lines:
+        print(
+            f"dg collect: {len(bad_lines)} unreadable line(s) of {output} moved to {torn}; their episodes are "
+            "collected again",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = collect(
         env_factory(config.env),
         tasks,
-        run.path / "trajectories.jsonl",
+        output,
         episodes=len(tasks) * config.episodes_per_task,
         policy=policy,
         epsilon=config.epsilon,
@@ -57,6 +155,9 @@ def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) ->
         "new_episodes": summary.new_episodes,
         "resumed_episodes": summary.resumed_episodes,
         "failed_episodes": summary.failed_episodes,
+        "dropped_lines": len(bad_lines),
+        "dropped": [{"line": item.line, "reason": item.reason} for item in bad_lines],
+        "torn_file": str(torn) if torn.exists() else None,
         "success_rate": summary.success_rate,
         "steps": summary.steps,
         "steps_per_second": summary.steps_per_second,
@@ -69,9 +170,20 @@ def run_collect(config: CollectConfig, run: RunDir, *, progress: bool = True) ->
         f"# dg collect\n\n{summary.episodes} episodes of `{config.policy}` on {len(tasks)} {config.env.name} "
         f"tasks ({config.tasks}) in `{summary.output}`; success {summary.success_rate:.2f} over this call's "
         f"{summary.new_episodes} episodes, {summary.steps_per_second:.1f} steps/s; "
-        f"{summary.failed_episodes} failed episodes.\n"
+        f"{summary.failed_episodes} failed episodes.\n" + _dropped_line(bad_lines, torn)
     )
     return metrics
+
+
+def _dropped_line(bad_lines: list[BadLine], torn: Path) -> str:
+    """The collect summary's line about unreadable lines set aside (nothing when there were none)."""
+    if not bad_lines:
+        return ""
+    where = ", ".join(str(item.line) for item in bad_lines)
+    return (
+        f"\n{len(bad_lines)} unreadable line(s) of the existing file (line {where}: torn or not a trajectory) were "
+        f"moved to `{torn}` and their episodes collected again.\n"
+    )
 
 
 def run_fit(config: FitConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
