@@ -6,14 +6,19 @@ Every case runs the real command in this process (``main``) and checks its exit 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
 from dg_apps.cli import main
 from dg_apps.commands import set_aside_bad_lines
+from dg_apps.config import AlgorithmConfig, TrainConfig
 from dg_core import read_trajectories
-from tests.conftest import SCRIPTED_ENV
+from tests.conftest import SCRIPTED_ENV, TINY_POLICY
 
 
 def interrupted(run: Path) -> None:
@@ -21,6 +26,15 @@ def interrupted(run: Path) -> None:
     meta = json.loads((run / "run.json").read_text())
     meta["status"] = "running"
     (run / "run.json").write_text(json.dumps(meta))
+
+
+def real_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", *SCRIPTED_ENV, *TINY_POLICY, "--set", "where=real", "--set", f"data=[{data}]",
+        "--set", "algorithm.tasks_per_step=2", "--set", "algorithm.group_size=2",
+        "--set", "algorithm.checkpoint_every=1", "--set", "curriculum.enabled=false",
+        *extra, "--output", str(out), "--no-progress",
+    ]  # fmt: skip
 
 
 # Item 5: a resumed collection repairs a file with torn lines and says so.
@@ -75,3 +89,66 @@ def test_a_whole_last_line_without_its_end_of_line_is_kept(tmp_path: Path, exper
     assert len(list(read_trajectories(file))) == 3
     assert not file.with_name("t.jsonl.torn").exists()
     assert set_aside_bad_lines(file) == []  # a clean file is left alone
+
+
+# Item 8: non-finite numbers are refused at config time; a non-finite training step stops the run.
+
+
+def test_infinite_and_nan_config_values_are_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "never")
+    for value, shown in ((".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan")):  # YAML's infinities and NaN
+        assert main(["train", "--set", f"algorithm.learning_rate={value}", "--output", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dg: error:") and f"algorithm.learning_rate: must be a finite number (got {shown})" in err
+    for value in ("inf", "nan", "1e999"):  # text that pydantic would read as a float
+        assert main(["train", "--set", f"algorithm.learning_rate={value}", "--output", out]) == 2
+        assert "algorithm.learning_rate: Input should be a finite number" in capsys.readouterr().err
+    config = tmp_path / "bad.yaml"
+    config.write_text("policy:\n  temperature: .inf\ntrainer:\n  gradient_clip_val: .nan\n")
+    assert main(["train", "--config", str(config), "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "policy.temperature: must be a finite number (got inf)" in err
+    assert "trainer.gradient_clip_val: must be a finite number (got nan)" in err
+    assert main(["eval", "--set", "env.options={scale: [1, .inf]}", "--output", out]) == 2
+    assert "env.options.scale.1: must be a finite number (got inf)" in capsys.readouterr().err
+    assert not Path(out).exists()
+    with pytest.raises(ValidationError, match="finite number"):
+        AlgorithmConfig(learning_rate=float("inf"))
+    with pytest.raises(ValidationError, match="finite number"):
+        TrainConfig().algorithm.kl_coef = float("nan")
+
+
+def test_a_training_step_with_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    workspace: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = workspace / "train-nan"
+    # PPO with a learning rate of 1e30 (finite, so the config takes it): step 1 moves every weight by about 1e30,
+    # the forward pass of step 2 overflows and its loss is NaN.
+    args = real_train_args(
+        expert_data, out, "--set", "algorithm.name=ppo", "--set", "algorithm.learning_rate=1e30",
+        "--set", "algorithm.steps=3", "--set", "algorithm.updates_per_batch=2",
+    )  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dg: error: PPOModule: optimiser step 2: the loss is nan"), err
+    assert "the step was not taken" in err and "Traceback" not in err
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert not (out / "policy").exists()  # no policy of a diverged run
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # the last good step, not the failed one
+    weights = [value for value in saved["state_dict"].values() if value.is_floating_point()]
+    assert weights and all(bool(torch.isfinite(value).all()) for value in weights)
+
+    # A policy whose weights are NaN (what such a run saved before this fix) is refused by `dg eval`.
+    broken = workspace / "nan-policy"
+    shutil.copytree(out / "policy-initial", broken)
+    tensors = load_file(broken / "model.safetensors")
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    eval_args = ["eval", *SCRIPTED_ENV, "--set", f"policy={broken}", "--set", "seeds=[0]", "--no-progress"]
+    assert main([*eval_args, "--output", str(workspace / "eval-nan")]) == 2
+    err = capsys.readouterr().err
+    assert f"dg: error: {broken}: 1 of" in err and "weight tensors hold NaN or infinite values" in err

@@ -9,6 +9,8 @@ the accepted values.
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -40,9 +42,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+    """Unknown keys are errors (a typo must not silently fall back to a default); so are infinite and NaN numbers
+    (``.inf``, ``nan``, ``1e999``): no setting of dg means anything with them, and a learning rate of ``inf``
+    trains every weight to NaN."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class EnvConfig(Strict):
@@ -352,6 +356,27 @@ def _explain(error: ValidationError, model: type[BaseModel], source: str) -> Con
     return ConfigError(f"{source}: invalid {model.__name__}:\n  " + "\n  ".join(lines))
 
 
+def _non_finite(value: Any, key: str) -> Iterator[tuple[str, float]]:
+    """``(key, number)`` for every infinite or NaN float in ``value`` (nested mappings and lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _non_finite(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, f"{key}.{index}")
+
+
+def check_finite(data: dict[str, Any], model: type[BaseModel], source: str) -> None:
+    """Refuse infinite and NaN numbers anywhere in a config, naming each key (the passthrough sections such as
+    ``trainer`` and ``env.options`` included, which the typed fields' own check does not see)."""
+    found = list(_non_finite(data, ""))
+    if found:
+        lines = [f"{key}: must be a finite number (got {value})" for key, value in found]
+        raise ConfigError(f"{source}: invalid {model.__name__}:\n  " + "\n  ".join(lines))
+
+
 def _parse_value(text: str) -> Any:
     value = yaml.safe_load(text)
     return text if value is None and text not in ("null", "~", "") else value
@@ -396,6 +421,7 @@ def load_config(
     if overrides:
         source += " with --set " + " ".join(overrides)
         data = apply_overrides(data, list(overrides))
+    check_finite(data, model, source)
     try:
         config = model.model_validate(data)
     except ValidationError as error:

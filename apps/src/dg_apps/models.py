@@ -96,6 +96,13 @@ def load_lm(source: str | Path, *, dtype: str = "auto", padding_side: str = "rig
         loaded = load_model(source, dtype=dtype, device=_device(), padding_side=padding_side)
     except ModelLoadError as error:
         raise ConfigError(str(error)) from error
+    tensors = list(loaded.model.parameters())  # tied weights once
+    broken = sum(1 for tensor in tensors if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    if broken:
+        raise ConfigError(
+            f"{source}: {broken} of {len(tensors)} weight tensors hold NaN or infinite values (written by a training "
+            "run that diverged); use a policy saved before that, or train again with a lower learning rate"
+        )
     return loaded.model, loaded.tokenizer
 
 

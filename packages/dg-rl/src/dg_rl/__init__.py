@@ -16,7 +16,7 @@ from dg_models import (
 )
 from dg_rl._batch import RolloutBatch, build_batch, packed_rows, scatter_units, stats_keys
 from dg_rl._data import RolloutDataModule, TaskSource
-from dg_rl._lightning import GRPOModule, PPOModule, frozen_reference
+from dg_rl._lightning import GRPOModule, NonFiniteUpdateError, PPOModule, frozen_reference
 from dg_rl._lora import apply_lora
 from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
 from dg_rl._policy import ActionMode, Decision, LMPolicy, ScoreReduction
@@ -48,6 +48,7 @@ __all__ = [
     "GRPOLoss",
     "GRPOModule",
     "LMPolicy",
+    "NonFiniteUpdateError",
     "PPOLoss",
     "PPOModule",
     "PackedRows",

@@ -5,11 +5,16 @@ whole batch: the losses see every unit at once, through values scored without gr
 gradient of the loss with respect to those values is then pushed through the model one group of prompts
 at a time (each group re-scored with gradients). The sum over groups is the full gradient by the chain
 rule, for any loss, at the cost of one extra forward pass without gradients.
+
+A step whose loss or gradients are not finite (NaN or infinite: a learning rate far too large, a reward that
+overflows) is not taken: the module raises :class:`NonFiniteUpdateError` before the optimiser moves, so the
+weights stay those of the last good step and the callbacks of the failed step (checkpoints) never run.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -18,6 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from dg_core import DGError
 from dg_rl._batch import RolloutBatch, packed_rows, scatter_units, stats_keys
 from dg_rl._losses import GRPOLoss, PPOLoss, gae, group_advantages
 from dg_rl._policy import LMPolicy
@@ -32,7 +38,20 @@ from dg_rl._scoring import (
 )
 from dg_rl._units import UnitScores, score_units, units_from_rows
 
-__all__ = ["GRPOModule", "PPOModule", "frozen_reference"]
+__all__ = ["GRPOModule", "NonFiniteUpdateError", "PPOModule", "frozen_reference"]
+
+
+class NonFiniteUpdateError(DGError, FloatingPointError):
+    """An update whose loss or gradients (or, after the step, weights) are NaN or infinite; training stops.
+
+    ``step`` is the 1-based optimiser step that failed; the weights are those of step ``step - 1`` unless
+    ``weights_broken`` (the optimiser step itself overflowed them).
+    """
+
+    def __init__(self, message: str, *, step: int, weights_broken: bool = False) -> None:
+        super().__init__(message)
+        self.step = step
+        self.weights_broken = weights_broken
 
 
 def frozen_reference(model: nn.Module) -> nn.Module:
@@ -103,8 +122,65 @@ class _PolicyModule(L.LightningModule):
             self.manual_backward(total)
         else:
             total = self._chunked_backward(batch, rows, groups)
+        self._refuse_non_finite(total, optimizer)
         optimizer.step()
+        self._check_weights()
         return total.detach()
+
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _agreed(self, finite: bool) -> bool:
+        """``finite`` on every process (a rank that stops alone would leave the others waiting)."""
+        trainer = self._trainer
+        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True)) if trainer is not None else finite
+
+    def _refuse_non_finite(self, total: Tensor, optimizer: Any) -> None:
+        """Raise :class:`NonFiniteUpdateError` if the loss or a gradient is NaN or infinite (no step taken).
+
+        Under fp16 mixed precision the gradients are left to the gradient scaler, which skips such steps itself.
+        """
+        loss = float(total.detach().float())
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        bad_grads = 0
+        if scaler is None and grads:
+            flags = torch.stack([torch.isfinite(grad).all() for grad in grads])
+            bad_grads = int((~flags).sum())
+        if self._agreed(math.isfinite(loss) and bad_grads == 0):
+            return
+        optimizer.zero_grad()
+        step = self.global_step + 1
+        problems = []
+        if not math.isfinite(loss):
+            problems.append(f"the loss is {loss}")
+        if bad_grads:
+            problems.append(f"{bad_grads} of {len(grads)} gradient tensors hold NaN or infinite values")
+        what = " and ".join(problems) or "another process's loss or gradients are not finite"
+        raise NonFiniteUpdateError(
+            f"{type(self).__name__}: optimiser step {step}: {what}; the step was not taken and training stopped, "
+            f"so the weights are those of step {step - 1} and no checkpoint of step {step} was written. "
+            f"Lower the learning rate (it is {self.learning_rate:g}) or look at this batch's rewards.",
+            step=step,
+        )
+
+    def _check_weights(self) -> None:
+        """Raise :class:`NonFiniteUpdateError` if the step just taken left a weight NaN or infinite."""
+        params = self._trainable()
+        if not params:
+            return
+        bad = int((~torch.stack([torch.isfinite(p.detach()).all() for p in params])).sum())
+        if self._agreed(bad == 0):
+            return
+        step = self.global_step
+        raise NonFiniteUpdateError(
+            f"{type(self).__name__}: optimiser step {step} turned {bad} of {len(params)} weight tensors NaN or "
+            f"infinite from finite gradients (the update overflowed); training stopped and no checkpoint of step "
+            f"{step} was written, so the last checkpoint holds the last good weights. Lower the learning rate "
+            f"(it is {self.learning_rate:g}).",
+            step=step,
+            weights_broken=True,
+        )
 
     def _chunked_backward(self, batch: RolloutBatch, rows: PackedRows, groups: list[Tensor]) -> Tensor:
         options = self._row_options(self._with_hidden)
