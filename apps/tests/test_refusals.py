@@ -152,3 +152,96 @@ def test_a_training_step_with_a_nan_loss_stops_the_run_and_keeps_the_last_good_c
     assert main([*eval_args, "--output", str(workspace / "eval-nan")]) == 2
     err = capsys.readouterr().err
     assert f"dg: error: {broken}: 1 of" in err and "weight tensors hold NaN or infinite values" in err
+
+
+# Item 9: a `dg: error:` line naming the path and what is wrong, never a traceback.
+
+
+def test_a_folder_given_as_a_data_or_task_file_is_refused(
+    tmp_path: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = expert_data.parent  # a `dg collect` run directory: it holds trajectories.jsonl
+    assert main(["expmodel", "fit", "--set", f"data=[{folder}]", "--output", str(tmp_path / "fit")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dg: error: data: {folder} is a folder, not a trajectory file")
+    assert f"(it holds {expert_data})" in err and "Traceback" not in err
+    audit = ["expmodel", "audit", "--set", "expmodel=somewhere", "--set", f"held_out=[{folder}]"]
+    assert main([*audit, "--output", str(tmp_path / "audit")]) == 2
+    assert f"dg: error: held_out: {folder} is a folder, not a trajectory file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train = ["train", "--set", "where=real", "--set", f"data=[{empty}]", "--output", str(tmp_path / "train")]
+    assert main([*train, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"dg: error: data: {empty} is a folder, not a trajectory file; list the .jsonl / .parquet files\n" in err
+    assert main(["eval", "--set", f"tasks={empty}", "--output", str(tmp_path / "eval"), "--no-progress"]) == 2
+    assert f"dg: error: tasks: {empty} is a folder, not a task file" in capsys.readouterr().err
+
+
+def test_a_policy_folder_without_a_readable_model_is_refused(
+    workspace: Path, tmp_path: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def eval_error(policy: Path) -> str:
+        output = tmp_path / f"eval-{policy.name}"
+        assert main(["eval", *SCRIPTED_ENV, "--set", f"policy={policy}", "--output", str(output), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dg: error:") and "Traceback" not in err, err
+        return err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"{empty} is not a Hugging Face model directory (no config.json)" in eval_error(empty)
+    unknown = tmp_path / "unknown"  # a config.json that names no model type
+    unknown.mkdir()
+    (unknown / "config.json").write_text("{}")
+    (unknown / "model.safetensors").write_bytes(b"")
+    assert f"no causal LM could be loaded from {unknown}: Unrecognized model" in eval_error(unknown)
+    # A policy directory whose weights were cut short (a copy or a save interrupted).
+    source = workspace / "train-nan" / "policy-initial"
+    if not source.exists():
+        assert main(real_train_args(expert_data, workspace / "train-short", "--set", "algorithm.steps=1")) == 0
+        source = workspace / "train-short" / "policy"
+    truncated = tmp_path / "truncated"
+    shutil.copytree(source, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    err = eval_error(truncated)
+    assert f"the safetensors weights in {truncated} are unreadable (truncated or corrupt" in err
+    # The run directory of a command that wrote no policy (here a collection).
+    err = eval_error(expert_data.parent)
+    assert f"{expert_data.parent} is a dg run directory without a policy (no policy/policy.json)" in err
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("not a run directory")
+    assert main(["eval", "--set", "policy=random", "--output", str(file), "--no-progress"]) == 2
+    assert f"dg: error: --output {file}: is a file, not a directory" in capsys.readouterr().err
+    assert main(["eval", "--set", "policy=random", "--output", str(file / "run"), "--no-progress"]) == 2
+    assert f"dg: error: --output {file / 'run'}: lies under {file}, which is a file" in capsys.readouterr().err
+    assert main(["resume", str(file)]) == 2
+    assert f"dg: error: dg resume {file}: is a file, not a directory" in capsys.readouterr().err
+    assert file.read_text() == "not a run directory"
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(
+    workspace: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = workspace / "train-truncated"
+    one_step = ("--set", "algorithm.steps=1", "--set", "algorithm.updates_per_batch=1")
+    assert main(real_train_args(expert_data, out, *one_step)) == 0
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a save cut short
+    interrupted(out)
+    capsys.readouterr()
+    assert main(["resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    aside = last.with_name("last.ckpt.bad")
+    assert err.startswith(f"dg: error: {last}: the checkpoint cannot be read (truncated or corrupt: ")
+    assert f"Move it aside (mv {last} {aside}) and run the command again" in err and "Traceback" not in err
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    # Doing what it says works: the training restarts from its beginning and finishes.
+    last.rename(aside)
+    assert main(["resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] == 1
+    assert torch.load(last, weights_only=True)["global_step"] == 1

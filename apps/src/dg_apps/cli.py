@@ -20,6 +20,7 @@ import argparse
 import importlib
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -40,7 +41,7 @@ from dg_apps.config import (
 from dg_apps.rundir import RunDir, default_run_dir
 from dg_core import ConfigError, DGError
 
-__all__ = ["COMMANDS", "config_path", "main", "shipped_configs"]
+__all__ = ["COMMANDS", "check_checkpoints", "check_output", "config_path", "main", "shipped_configs"]
 
 
 Runner = Callable[[Any, RunDir, bool], dict[str, Any]]
@@ -158,8 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output(output: Path, option: str = "--output") -> None:
+    """Refuse a run directory that is a file, or lies under one, naming it."""
+    for path in (output, *output.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == output else f"lies under {path}, which is a file"
+                raise ConfigError(f"{option} {output}: {what}, not a directory; give a new or a run directory")
+            return
+
+
+def check_checkpoints(run: Path) -> None:
+    """Refuse to resume a run whose Lightning checkpoints (``*.ckpt`` anywhere under ``run``) cannot be read.
+
+    A checkpoint is a zip archive (``torch.save``); one cut short by a killed save or a full disk has lost its
+    central directory, which is read here without loading any weight.
+    """
+    for checkpoint in sorted(run.rglob("*.ckpt")):
+        try:
+            with zipfile.ZipFile(checkpoint) as archive:
+                names = archive.namelist()
+            problem = None if any(name.endswith("data.pkl") for name in names) else "not a torch checkpoint"
+        except (zipfile.BadZipFile, OSError) as error:
+            problem = f"truncated or corrupt: {error}"
+        if problem is not None:
+            aside = checkpoint.with_name(checkpoint.name + ".bad")
+            raise ConfigError(
+                f"{checkpoint}: the checkpoint cannot be read ({problem}), so the run cannot continue from it. "
+                f"Move it aside (mv {checkpoint} {aside}) and run the command again: that stage restarts from its "
+                f"beginning, keeping the run's other files; or start a new run with another --output"
+            )
+
+
 def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> dict[str, Any]:
     _, runner, _ = COMMANDS[command]
+    check_output(output)
     run = RunDir.start(output, command, config)
     if run.done:
         print(f"dg {command}: {output} already holds this finished run; its summary:\n")
@@ -167,6 +201,8 @@ def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> d
         return run.metrics()
     print(f"dg {command}: run directory {output}" + (" (resuming)" if run.resumed else ""), flush=True)
     try:
+        if run.resumed:
+            check_checkpoints(output)
         metrics = runner(config, run, progress)
     except BaseException:
         run.finish("failed")
@@ -191,6 +227,7 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print("\n".join(list_envs()))
         return None
     if args.command == "resume":
+        check_output(args.directory, "dg resume")
         meta = RunDir.read_meta(args.directory)
         command = str(meta["command"])
         if command not in COMMANDS:

@@ -228,7 +228,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
 
     if not config.expmodel:
         raise ConfigError("expmodel: give the run directory of `dg expmodel fit`")
-    held_out = read_data(config.held_out)
+    held_out = read_data(config.held_out, key="held_out")
     if not held_out:
         raise ConfigError("held_out: no held-out real trajectories to audit on")
     if config.max_episodes:

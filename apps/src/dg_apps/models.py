@@ -34,12 +34,21 @@ POLICY_META = "policy.json"
 EXPMODEL_META = "expmodel.json"
 
 
-def read_data(paths: Sequence[str | Path]) -> list[Trajectory]:
-    """Read trajectory files (JSONL / Parquet); errors name the file and line."""
+def read_data(paths: Sequence[str | Path], *, key: str = "data") -> list[Trajectory]:
+    """Read trajectory files (JSONL / Parquet) listed under the config key ``key``; errors name the file and line."""
     out: list[Trajectory] = []
     for path in paths:
-        if not Path(path).exists():
-            raise ConfigError(f"data: trajectory file {path} not found")
+        folder = Path(path)
+        if not folder.exists():
+            raise ConfigError(f"{key}: trajectory file {path} not found")
+        if folder.is_dir():
+            inside = sorted(
+                str(file) for pattern in ("*.jsonl", "*.parquet") for file in folder.glob(pattern) if file.is_file()
+            )
+            hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+            raise ConfigError(
+                f"{key}: {path} is a folder, not a trajectory file; list the .jsonl / .parquet files{hint}"
+            )
         out.extend(read_trajectories(path))
     return out
 
@@ -163,6 +172,11 @@ def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None
     with the default settings (choose mode, no history, mean log-prob scores; chat prompts for instruct models).
     """
     folder = _find_policy_dir(Path(path))
+    if folder is None and (Path(path) / "run.json").is_file():
+        raise ConfigError(
+            f"{path} is a dg run directory without a policy (no policy/{POLICY_META}): a `dg train` run writes "
+            f"policy/ when it finishes (continue it with `dg resume {path}`); other commands write none"
+        )
     if folder is None:
         zero_shot = PolicyConfig(model=str(path))
         model, tokenizer = load_lm(path, dtype=zero_shot.dtype)

@@ -86,6 +86,8 @@ def task_panel(env: EnvConfig, tasks: str) -> list[Task]:
     if tasks not in SPLITS:
         if not (tasks.endswith((".jsonl", ".json")) or Path(tasks).exists()):
             raise ConfigError(f"tasks: {tasks!r} is neither a split ({', '.join(SPLITS)}) nor a task file")
+        if Path(tasks).is_dir():
+            raise ConfigError(f"tasks: {tasks} is a folder, not a task file (JSONL, one dg-core Task per line)")
         panel = read_tasks(tasks)
         wrong = [task.id for task in panel if task.env_id != env.name]
         if wrong:

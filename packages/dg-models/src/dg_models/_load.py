@@ -87,7 +87,7 @@ def load_tokenizer(path: str | Path, *, padding_side: str = "right") -> Any:
             tokenizer = PreTrainedTokenizerFast.from_pretrained(str(local))
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a config.json without model_type, a corrupt tokenizer.json
         raise ModelLoadError(f"no tokenizer could be loaded from {path}: {error}") from error
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
@@ -97,6 +97,7 @@ def load_tokenizer(path: str | Path, *, padding_side: str = "right") -> Any:
 
 def load_causal_lm(path: str | Path, *, dtype: str = "float32", device: str | torch.device = "cpu") -> Any:
     """Load a causal LM (safetensors only) from a local directory or hub id, in ``dtype`` on ``device``."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     model: Any
@@ -106,6 +107,10 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32", device: str | to
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"no causal LM could be loaded from {path}: {error}") from error
+    except SafetensorError as error:  # a weights file cut short (a copy or a save interrupted) or overwritten
+        raise ModelLoadError(
+            f"the safetensors weights in {path} are unreadable (truncated or corrupt: {error}); copy or save them again"
+        ) from error
     return model.to(torch.device(device))
 
 
