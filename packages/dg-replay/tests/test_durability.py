@@ -163,6 +163,37 @@ def test_corrupted_index_is_caught_by_size_or_checksum(tmp_path: Path) -> None:
         ReplayBuffer.open(tmp_path / "b")
 
 
+@pytest.mark.parametrize("name", ["../outside.usearch", "/tmp/outside.usearch", "sub/index.usearch", "..", "a\\b"])
+def test_manifest_cannot_name_an_index_outside_its_folder(tmp_path: Path, name: str) -> None:
+    saved_buffer(tmp_path / "b").close()
+    index_file = next((tmp_path / "b").glob("index-*.usearch"))
+    (tmp_path / "outside.usearch").write_bytes(index_file.read_bytes())  # a valid index, size and checksum match
+    manifest = json.loads((tmp_path / "b" / MANIFEST_NAME).read_text())
+    (tmp_path / "b" / MANIFEST_NAME).write_text(json.dumps({**manifest, "index_file": name}))
+    with pytest.raises(ReplayFileError, match=r"field 'index_file'.*plain file name inside the snapshot folder"):
+        ReplayBuffer.open(tmp_path / "b", read_only=True)
+
+
+def test_index_file_linking_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    saved_buffer(tmp_path / "b").close()
+    index_file = next((tmp_path / "b").glob("index-*.usearch"))
+    outside = tmp_path / "elsewhere" / index_file.name
+    outside.parent.mkdir()
+    index_file.rename(outside)
+    index_file.symlink_to(outside)  # same bytes, so size and checksum match
+    for read_only in (True, False):
+        with pytest.raises(ReplayFileError, match=rf"{index_file.name}: .* links to outside the snapshot folder"):
+            ReplayBuffer.open(tmp_path / "b", read_only=read_only)
+    index_file.unlink()
+    outside.rename(index_file)
+    inside_link = tmp_path / "b" / "index-1.usearch"
+    inside_link.symlink_to(index_file.name)  # a link within the folder is fine
+    manifest = json.loads((tmp_path / "b" / MANIFEST_NAME).read_text())
+    (tmp_path / "b" / MANIFEST_NAME).write_text(json.dumps({**manifest, "index_file": inside_link.name}))
+    with ReplayBuffer.open(tmp_path / "b", read_only=True) as reader:
+        assert len(top_keys(reader)) == 5
+
+
 def test_corrupted_or_foreign_storage_names_the_file(tmp_path: Path) -> None:
     saved_buffer(tmp_path / "b").close()
     storage = tmp_path / "b" / STORAGE_NAME

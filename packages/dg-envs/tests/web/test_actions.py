@@ -1,4 +1,4 @@
-"""The web action grammar: literal calls only, canonical rendering, host checks."""
+"""The web action grammar: literal calls only, canonical rendering, host checks (more in test_allowlist.py)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,13 @@ def test_bid_and_url_accessors() -> None:
         ("file:///etc/passwd", ("127.0.0.1:8000",), False),
         ("javascript:alert(1)", ("127.0.0.1:8000",), False),
         ("about:blank", ("127.0.0.1:8000",), True),
-        ("http://anything/", (), True),
+        # No allowed hosts allows nothing (it used to allow everything).
+        ("http://anything/", (), False),
+        ("about:blank", (), True),
+        # data: pages used to be always allowed.
+        ("data:text/html,<script>location='http://127.0.0.1:9000/'</script>", ("127.0.0.1:8000",), False),
+        # urlsplit read host 127.0.0.1:8000 here; Chromium reads 127.0.0.1:9000.
+        ("http://127.0.0.1:9000\\@127.0.0.1:8000/", ("127.0.0.1:8000",), False),
     ],
 )
 def test_host_allowed(url: str, allowed: tuple[str, ...], expected: bool) -> None:

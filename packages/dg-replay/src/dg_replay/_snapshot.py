@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dg_core import ConfigError
 from dg_replay._encoders import MINILM_NAME, CachedEncoder, Encoder, HashingEncoder, minilm_encoder
@@ -48,7 +48,7 @@ class SnapshotManifest(BaseModel):
     format_version: int = SNAPSHOT_FORMAT_VERSION
     """Layout version of the snapshot."""
     index_file: str = Field(min_length=1)
-    """Name of the index file, in the same directory."""
+    """Name of the index file, in the same directory: a plain file name (no folder, ``..`` or absolute path)."""
     index_bytes: int = Field(ge=0)
     """Size of the index file."""
     index_blake2b: str
@@ -65,6 +65,14 @@ class SnapshotManifest(BaseModel):
     """Latest storage tombstone applied to the index."""
     created_unix: float
     """When the snapshot was written."""
+
+    @field_validator("index_file")
+    @classmethod
+    def _plain_file_name(cls, name: str) -> str:
+        # A manifest may come from anywhere (a copied folder): it must not point the loader outside its folder.
+        if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ":" in name:
+            raise ValueError(f"must be a plain file name inside the snapshot folder, got {name!r}")
+        return name
 
 
 def _fsync_path(path: Path) -> None:
@@ -134,6 +142,8 @@ def read_manifest(directory: Path, *, verify: bool = True) -> SnapshotManifest:
             path, f"format {manifest.format!r} v{manifest.format_version}; this dg-replay reads {SNAPSHOT_FORMAT!r} v1"
         )
     index_path = directory / manifest.index_file
+    if index_path.resolve().parent != directory.resolve():
+        raise ReplayFileError(index_path, f"index file named by {path.name} links to outside the snapshot folder")
     if not index_path.is_file():
         raise ReplayFileError(index_path, f"index file named by {path.name} is missing")
     size = index_path.stat().st_size

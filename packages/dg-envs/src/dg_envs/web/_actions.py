@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from dg_envs.web._allowlist import HostAllowlist, URLRefusedError, parse_web_url
 
 __all__ = ["WEB_ACTIONS", "ActionParseError", "WebAction", "host_allowed", "parse_web_action"]
 
@@ -131,17 +132,14 @@ def parse_web_action(text: str) -> WebAction:
 
 
 def host_allowed(url: str, allowed_hosts: tuple[str, ...]) -> bool:
-    """Whether ``url`` stays on the allowed hosts (``host`` or ``host:port``; empty allows all).
+    """Whether ``url`` may be opened on the allowed hosts (``host`` for ports 80 / 443, or ``host:port``).
 
-    ``about:blank`` and ``data:`` pages are local and always allowed.
+    URLs are read the way Chromium reads them (:func:`~dg_envs.web._allowlist.parse_web_url`); only
+    ``http(s)`` URLs on an allowed host and ``about:blank`` pass. No allowed hosts allows nothing else.
     """
-    if not allowed_hosts:
-        return True
-    parts = urlsplit(url)
-    if parts.scheme in ("about", "data") or url == "":
-        return True
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    host = parts.hostname.lower()
-    with_port = f"{host}:{parts.port}" if parts.port else host
-    return any(allowed.lower() in (host, with_port) for allowed in allowed_hosts)
+    if not allowed_hosts:  # fail closed
+        try:
+            return parse_web_url(url) is None
+        except URLRefusedError:
+            return False
+    return HostAllowlist(allowed_hosts).refusal(url) is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import tempfile
@@ -31,6 +32,7 @@ __all__ = [
     "ProcessTracker",
     "browser_processes",
     "chromium_paths",
+    "chromium_with_flags",
     "configure_miniwob_chrome",
     "link_playwright_chromium",
     "playwright_browsers_dir",
@@ -43,6 +45,7 @@ _T = TypeVar("_T")
 _INSTALL_HINT = "install Debian's browser: apt-get install -y chromium chromium-driver"
 _lock = threading.Lock()
 _browsers_dir: Path | None = None
+_launchers: dict[tuple[str, ...], str] = {}
 
 
 def _first_executable(env_var: str, candidates: tuple[str, ...], what: str) -> str:
@@ -84,6 +87,30 @@ def playwright_browsers_dir() -> Path:
                 os.environ["PLAYWRIGHT_BROWSERS_PATH"] = str(_browsers_dir)
                 atexit.register(shutil.rmtree, _browsers_dir, True)
         return _browsers_dir
+
+
+def chromium_with_flags(flags: tuple[str, ...]) -> str:
+    """An executable that starts the system Chromium with ``flags`` before the caller's own arguments.
+
+    For flags a launcher gives no way to pass (BrowserGym fixes Playwright's ``args``). The small shell
+    script lives in a private folder removed at exit; Chromium replaces it (``exec``), so the process
+    tree and :class:`ProcessTracker` see Chromium itself.
+    """
+    for flag in flags:
+        if not flag.startswith("--") or "\n" in flag:
+            raise ConfigError(f"not a Chromium flag: {flag!r}")
+    chromium, _ = chromium_paths()
+    key = (chromium, *flags)
+    with _lock:
+        if key not in _launchers:
+            folder = Path(tempfile.mkdtemp(prefix="dg-chromium-"))
+            atexit.register(shutil.rmtree, folder, True)
+            script = folder / "chromium"
+            quoted = " ".join(shlex.quote(part) for part in key)
+            script.write_text(f'#!/bin/sh\nexec {quoted} "$@"\n')
+            script.chmod(0o755)
+            _launchers[key] = str(script)
+        return _launchers[key]
 
 
 def link_playwright_chromium(expected_executable: str) -> None:

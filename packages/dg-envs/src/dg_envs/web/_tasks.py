@@ -9,7 +9,8 @@ A task's ``config`` holds either
   holds: ``url_contains``, ``page_contains`` (text of the page) and ``answer_contains`` (the agent's
   ``send_msg_to_user`` message; sending one ends the episode).
 
-Both carry ``allowed_hosts``: ``host`` or ``host:port`` entries the agent may visit.
+Both carry ``allowed_hosts``: ``host:port`` entries (or ``host``, meaning ports 80 and 443) the agent
+may reach; a task without them reaches its start URL's ``host:port`` only.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from dg_core import ConfigError, Task, require
+from dg_envs.web._allowlist import URLRefusedError, parse_web_url
 
 __all__ = ["WEBARENA_SITES", "demo_shop_tasks", "site_task", "webarena_site_urls", "webarena_tasks"]
 
@@ -32,10 +33,14 @@ SUCCESS_CHECKS = ("url_contains", "page_contains", "answer_contains")
 
 
 def _host(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """``host:port`` of an http(s) URL, read as Chromium reads it (the default port written out)."""
+    try:
+        origin = parse_web_url(url)
+    except URLRefusedError as error:
+        raise ConfigError(f"expected an http(s) URL, got {url!r}: {error}") from None
+    if origin is None:
         raise ConfigError(f"expected an http(s) URL, got {url!r}")
-    return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return origin.authority
 
 
 def site_task(

@@ -10,8 +10,14 @@ Safety and robustness:
 
 - an unparseable action, or one naming an element that is not on the page, is answered as an invalid
   action (reward 0, unchanged state) without touching the browser;
-- ``goto`` to a host outside the task's ``allowed_hosts``, or any step that lands there (a clicked
-  link), ends the episode as a failure;
+- the agent reaches only the task's ``allowed_hosts`` (by default the ``host:port`` of its start URL):
+  ``goto`` is pre-checked by :class:`~dg_envs.web.HostAllowlist` (only ``http(s)`` and ``about:blank``;
+  ``file:``, ``data:``, ``javascript:``... refused) and the browser's every request (navigations,
+  redirects, subresources, popups, WebSockets) passes :class:`~dg_envs.web.AllowlistProxy`, which refuses
+  other hosts before anything leaves (WebRTC is kept off direct UDP by a Chromium flag); a refused
+  ``goto`` or a step that ends on a refused page ends the episode as a failure
+  (``info["left_allowed_hosts"]``) with the state before the step (nothing of the refused page gets
+  into it), and refused requests are listed in ``info["blocked_requests"]``;
 - a browser that crashes, or does not answer within ``step_timeout_s`` (then it is killed), ends the
   episode as a failure; the next ``reset`` starts a fresh browser, and ``close`` leaves no process.
 """
@@ -26,20 +32,24 @@ from typing import Any, TypeVar
 from dg_core import Action as DGAction
 from dg_core import ConfigError, Env, EnvError, StepResult, Task, require
 from dg_core import State as DGState
-from dg_envs.web._actions import ActionParseError, host_allowed, parse_web_action
+from dg_envs.web._actions import ActionParseError, parse_web_action
+from dg_envs.web._allowlist import HostAllowlist
 from dg_envs.web._axtree import compact_axtree, estimate_tokens
 from dg_envs.web._browser import (
     ProcessTracker,
     chromium_paths,
+    chromium_with_flags,
     link_playwright_chromium,
     playwright_browsers_dir,
     run_watched,
 )
+from dg_envs.web._proxy import AllowlistProxy
 
 __all__ = ["WebArenaEnv"]
 
 _T = TypeVar("_T")
 _playwright_thread: int | None = None  # BrowserGym's one Playwright instance works from one thread only
+_GUARD_FLAGS = ("--webrtc-ip-handling-policy=disable_non_proxied_udp",)
 _INSTALL = {"distribution": "dg-envs", "extra": "web", "purpose": "the WebArena / BrowserGym adapter"}
 
 
@@ -86,9 +96,13 @@ class WebArenaEnv(Env):
         self.headless = headless
         self.browser_restarts = 0
         self._chromium, _ = chromium_paths()
+        # WebRTC may send UDP (STUN) straight out, around any proxy; this keeps it to the proxied path.
+        self._guarded_chromium = chromium_with_flags(_GUARD_FLAGS)
         self._tracker = ProcessTracker()
         self._browser_env: Any = None
-        self._allowed_hosts: tuple[str, ...] = ()
+        self._allowlist: HostAllowlist | None = None
+        self._proxy: AllowlistProxy | None = None
+        self._browser_proxy: AllowlistProxy | None = None
         self._known_ids: set[str] = set()
 
     @property
@@ -125,7 +139,15 @@ class WebArenaEnv(Env):
                 strict=True,
                 demo_mode="off",  # no cursor animations: they add about a second per action
             ).to_python_code,
-            "pw_chromium_kwargs": {"executable_path": self._chromium, "chromium_sandbox": False},
+            # Every request goes through an allowlist proxy (Playwright adds --proxy-bypass-list=<-loopback>):
+            # the pages' through the context's proxy, whose refusals the steps report; Chromium's own
+            # background traffic (component updates, Google accounts) through the browser's, quietly.
+            "pw_chromium_kwargs": {
+                "executable_path": self._guarded_chromium,
+                "chromium_sandbox": False,
+                "proxy": {"server": self._guard_proxies()[1].url},
+            },
+            "pw_context_kwargs": {"proxy": {"server": self._guard_proxies()[0].url}},
         }
         if "webarena_task_id" in config:
             webarena = require("browsergym.webarena.task", distribution="dg-envs", extra="webarena", purpose="WebArena")
@@ -147,6 +169,24 @@ class WebArenaEnv(Env):
             "slow_mo_ms": self.slow_mo_ms,
         }
         return BrowserEnv(task_entrypoint=SiteTask, task_kwargs=site_kwargs, **common)
+
+    def _guard_proxies(self) -> tuple[AllowlistProxy, AllowlistProxy]:
+        """The pages' proxy and the browser's, started on first use, both on the current allowlist."""
+        if self._allowlist is None:
+            raise EnvError("no allowlist: reset the env with a task first")
+        if self._proxy is None or self._browser_proxy is None:
+            self._stop_proxies()
+            self._proxy = AllowlistProxy(self._allowlist).start()
+            self._browser_proxy = AllowlistProxy(self._allowlist).start()
+        self._proxy.allowlist = self._browser_proxy.allowlist = self._allowlist
+        self._browser_proxy.take_blocked()  # Chromium's own requests: refused, not reported
+        return self._proxy, self._browser_proxy
+
+    def _stop_proxies(self) -> None:
+        for proxy in (self._proxy, self._browser_proxy):
+            if proxy is not None:
+                proxy.stop()
+        self._proxy = self._browser_proxy = None
 
     @staticmethod
     def _check_thread() -> None:
@@ -176,15 +216,18 @@ class WebArenaEnv(Env):
         config = task.config
         if "webarena_task_id" not in config and not {"start_url", "success"} <= set(config):
             raise ConfigError(f"task {task.id!r}: config needs 'webarena_task_id', or 'start_url' and 'success'")
-        self._allowed_hosts = tuple(str(host) for host in config.get("allowed_hosts", []))
-        start_url = str(config.get("start_url", ""))
-        if start_url and not host_allowed(start_url.split(" |AND| ")[0], self._allowed_hosts):
-            raise ConfigError(f"task {task.id!r}: start_url {start_url!r} is outside allowed_hosts")
+        start_urls = str(config.get("start_url", "")).split(" |AND| ")
+        try:  # no allowed_hosts: the start URL's host:port only
+            self._allowlist = HostAllowlist.for_task(config.get("allowed_hosts"), start_urls)
+        except ConfigError as error:
+            raise ConfigError(f"task {task.id!r}: {error}") from None
+        self._guard_proxies()[0].take_blocked()  # forget what an earlier episode left
         seed = seed if seed is not None else task.seed
         self._check_thread()
         for attempt in range(2):  # one retry: a browser can fail to start on a loaded machine
             try:
-                return self._state(self._start(task, seed))
+                observation = self._start(task, seed)
+                return self._state(observation, self._guard_proxies()[0].take_blocked())
             except Exception as error:
                 self._stop_browser()
                 self.browser_restarts += 1
@@ -201,8 +244,11 @@ class WebArenaEnv(Env):
             return self._invalid(state, f"Invalid action: {error}.")
         if parsed.bid is not None and parsed.bid not in self._known_ids:
             return self._invalid(state, f"Invalid action: no element with id {parsed.bid!r} on this page.")
-        if parsed.url is not None and not host_allowed(parsed.url, self._allowed_hosts):
-            return self._left_allowed_hosts(state, parsed.url)
+        allowlist = self._allowlist
+        if allowlist is None or self._proxy is None:  # reset sets both
+            return self._crashed(state, "no allowlist proxy is running")
+        if parsed.url is not None and (reason := allowlist.refusal(parsed.url)) is not None:
+            return self._left_allowed_hosts(state, parsed.url, reason, [])
         if self._browser_env is None:
             return self._crashed(state, "the browser is not running")
         try:
@@ -210,29 +256,37 @@ class WebArenaEnv(Env):
         except Exception as error:  # the browser died or hung (and was killed)
             return self._crashed(state, f"{type(error).__name__}: {error}")
         observation = dict(observation)
+        blocked = self._proxy.take_blocked()
         for url in [str(observation.get("url", "")), *map(str, observation.get("open_pages_urls", []))]:
-            if not host_allowed(url, self._allowed_hosts):
-                return self._left_allowed_hosts(self._state(observation), url)
+            if (reason := allowlist.refusal(url)) is not None:
+                # The state before the step: nothing of a refused page (or the proxy's refusal) gets into it.
+                return self._left_allowed_hosts(state, url, reason, blocked)
         won = float(reward) > 0
         return StepResult(
-            state=self._state(observation),
+            state=self._state(observation, blocked),
             reward=1.0 if won else 0.0,
             done=bool(terminated),
             success=won if terminated else None,
+            info={"blocked_requests": blocked} if blocked else {},
         )
 
     def _close(self) -> None:
         self._stop_browser()
+        self._stop_proxies()
 
     # -- results ------------------------------------------------------------------------------
     @staticmethod
     def _invalid(state: DGState, feedback: str) -> StepResult:
         return StepResult(state=state, reward=0.0, info={"invalid_action": True, "feedback": feedback})
 
-    def _left_allowed_hosts(self, state: DGState, url: str) -> StepResult:
-        text = f"{state.text}\nStopped: {url} is outside the allowed hosts ({', '.join(self._allowed_hosts)})."
+    @staticmethod
+    def _left_allowed_hosts(state: DGState, url: str, reason: str, blocked: list[str]) -> StepResult:
+        text = f"{state.text}\nStopped: {url[:300]} may not be opened: {reason}."
         ended = DGState(text=text, info={**state.info, "left_allowed_hosts": url})
-        return StepResult(state=ended, reward=0.0, done=True, success=False, info={"left_allowed_hosts": url})
+        info: dict[str, Any] = {"left_allowed_hosts": url, "refused_because": reason}
+        if blocked:
+            info["blocked_requests"] = blocked
+        return StepResult(state=ended, reward=0.0, done=True, success=False, info=info)
 
     def _crashed(self, state: DGState, reason: str) -> StepResult:
         self._stop_browser()
@@ -240,7 +294,7 @@ class WebArenaEnv(Env):
         ended = DGState(text=f"{state.text}\nThe browser crashed; the episode ended.", info=state.info)
         return StepResult(state=ended, reward=0.0, done=True, success=False, info={"browser_crashed": reason})
 
-    def _state(self, observation: dict[str, Any]) -> DGState:
+    def _state(self, observation: dict[str, Any], blocked: list[str] | None = None) -> DGState:
         from browsergym.utils.obs import flatten_axtree_to_str
 
         tree = compact_axtree(
@@ -267,5 +321,6 @@ class WebArenaEnv(Env):
                 "axtree_tokens": tree.tokens,
                 "raw_axtree_tokens": raw_tokens,
                 "lines_cut": tree.dropped_lines,
+                **({"blocked_requests": list(blocked)} if blocked else {}),
             },
         )
