@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -7,9 +9,13 @@ from hypothesis import strategies as st
 from dg_core import Action, ExperiencePrediction, ExperienceQuery, RandomPolicy, State, play_episode
 from dg_core.testing import ScriptedEnv, ScriptedPolicy, scripted_task
 from dg_expmodel import (
+    BINARY_REWARDS,
     FORMAT_VERSION,
     FREE_TEXT,
     PARSE_ERRORS,
+    RESPONSE_TAGS,
+    Completion,
+    LLMExperienceModel,
     PromptOptions,
     RuleBasedAnnotator,
     build_messages,
@@ -72,7 +78,8 @@ def test_free_text_and_empty_action_sets() -> None:
     [
         (VALID.replace("<reward>0</reward>", ""), "missing_tag"),
         (VALID.replace("</done>", ""), "missing_tag"),
-        (VALID + "<done>true</done>", "duplicate_tag"),
+        (VALID.replace("<next_state>", "<reasoning>again</reasoning>\n<next_state>"), "duplicate_tag"),
+        (VALID.replace("</reasoning>", "</reasoning></reasoning>"), "duplicate_tag"),
         ("Sure! " + VALID, "stray_text"),
         (
             VALID.replace("<next_state>You are in the hall.</next_state>", "<next_state>  </next_state>"),
@@ -82,7 +89,10 @@ def test_free_text_and_empty_action_sets() -> None:
         (VALID.replace("<reward>0<", "<reward>one<"), "bad_reward"),
         (VALID.replace("<reward>0<", "<reward>nan<"), "bad_reward"),
         (VALID.replace("<reward>0<", "<reward>1e999<"), "bad_reward"),
+        (VALID.replace("<reward>0<", "<reward>1e308<"), "reward_out_of_range"),
+        (VALID.replace("<reward>0<", "<reward>-1<"), "reward_out_of_range"),
         (VALID.replace("<done>false<", "<done>maybe<"), "bad_done"),
+        (VALID.replace("in the hall.", "in the hall.</reasoning>"), "stray_tag"),
         (
             VALID.replace("<reward>0</reward>\n<done>false</done>", "<done>false</done>\n<reward>0</reward>"),
             "out_of_order",
@@ -95,6 +105,109 @@ def test_rejections_name_the_reason(text: str, error: str) -> None:
     assert not result.ok
     assert result.error == error
     assert result.detail
+
+
+# Issue 21, item 6: the parser accepted rewards outside {0, 1} and fields holding another field's tag, and
+# refused tags in the text after </done>, which the format says is ignored.
+
+
+@pytest.mark.parametrize("reward", ["-1e308", "-1", "2", "1e308", "1.7976931348623157e308", "-0.001", "1.5"])
+def test_reward_outside_the_range_is_a_named_failure(reward: str) -> None:
+    result = parse_response(VALID.replace("<reward>0<", f"<reward>{reward}<"))
+    assert (result.ok, result.error) == (False, "reward_out_of_range")
+    assert reward in result.detail and "[0, 1]" in result.detail
+
+
+def test_reward_range_is_the_callers() -> None:
+    half = VALID.replace("<reward>0<", "<reward>0.5<")
+    assert parse_response(half).prediction is not None  # default: the interval [0, 1]
+    binary = parse_response(half, reward_range=BINARY_REWARDS)
+    assert binary.error == "reward_out_of_range" and "one of {0, 1}" in binary.detail
+    assert parse_response(VALID, reward_range=BINARY_REWARDS).ok
+    penalty = VALID.replace("<reward>0<", "<reward>-1<")
+    parsed = parse_response(penalty, reward_range=(-1.0, 1.0)).prediction
+    assert parsed is not None and parsed.reward == -1.0
+    assert parse_response(VALID.replace("<reward>0<", "<reward>-0<")).prediction.reward == 0.0  # type: ignore[union-attr]
+    for bad in [(1.0, 0.0), (0.0, math.inf), (math.nan, 1.0), frozenset(), frozenset({math.inf}), (0.0,)]:
+        with pytest.raises(ValueError, match="reward_range"):
+            parse_response(VALID, reward_range=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "inside"),
+    [
+        ("next_state", "You are</reward> in the hall."),
+        ("next_state", "You are in the hall.</done>"),
+        ("next_state", "You are in the <next_state>hall."),
+        ("reasoning", "The door</next_state> is open."),
+        ("reasoning", "The door is <reward>1</reward> open."),
+        ("available_actions", "\ngo north</reasoning>\nlook\n"),
+        ("available_actions", "\ngo north\n<done>true</done>\nlook\n"),
+        ("reward", "0</done>"),
+        ("done", "false<reward>"),
+    ],
+)
+def test_a_field_holding_a_tag_is_a_named_failure(field: str, inside: str) -> None:
+    start = VALID.index(f"<{field}>") + len(f"<{field}>")
+    text = VALID[:start] + inside + VALID[VALID.index(f"</{field}>") :]
+    result = parse_response(text)
+    assert (result.ok, result.error) == (False, "stray_tag"), result.detail
+    assert f"<{field}>" in result.detail
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [
+        "<done>true</done>",
+        "\n<reward>1e308</reward>",
+        "</reasoning></next_state>",
+        "\n" + VALID.replace("<reward>0<", "<reward>1<").replace("false", "true"),
+        "\nUser: and <next_state>then</next_state>?",
+    ],
+)
+def test_text_after_done_is_ignored_even_with_tags(trailing: str) -> None:
+    result = parse_response(VALID + trailing)
+    assert result.ok, result.detail
+    expected = parse_response(VALID).prediction
+    assert result.prediction is not None and expected is not None
+    assert (result.prediction.next_state, result.prediction.reward, result.prediction.done) == (
+        expected.next_state,
+        expected.reward,
+        expected.done,
+    )
+    assert result.prediction.raw == VALID + trailing
+
+
+class _CannedBackend:
+    """A plain-prompt backend that answers every prompt of a call with the next canned text."""
+
+    chat = False
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = list(answers)
+
+    def complete(self, prompts: list[object], sampling: object) -> list[Completion]:
+        answer = self.answers.pop(0)
+        return [Completion(text=answer) for _ in prompts]
+
+
+def test_the_experience_model_counts_the_new_reasons_and_takes_the_range() -> None:
+    query = ExperienceQuery(task=scripted_task("r"), state=State(text="s"), action=Action(text="look"))
+    out_of_range = VALID.replace("<reward>0<", "<reward>1e308<")
+    stray = VALID.replace("in the hall.", "in the hall.</done>")
+    model = LLMExperienceModel(_CannedBackend([out_of_range, stray]), retries=1)
+    (prediction,) = model.predict([query])
+    assert not prediction.parse_ok and prediction.reward == 0.0
+    assert prediction.info["failure"] == "unparseable model output (stray_tag)"
+    assert model.stats.failure_reasons == {"reward_out_of_range": 1, "stray_tag": 1}
+    assert model.stats.parse_failures == 1
+    penalty = VALID.replace("<reward>0<", "<reward>-1<")
+    ranged = LLMExperienceModel(_CannedBackend([penalty]), retries=0, reward_range=(-1.0, 1.0))
+    assert ranged.with_options(PromptOptions()).reward_range == (-1.0, 1.0)
+    (accepted,) = ranged.predict([query])
+    assert accepted.parse_ok and accepted.reward == -1.0
+    with pytest.raises(ValueError, match="reward_range"):
+        LLMExperienceModel(_CannedBackend([]), reward_range=(2.0, 1.0))
 
 
 @settings(max_examples=400, deadline=None)
@@ -122,6 +235,8 @@ def test_mutated_responses_never_raise(data: st.DataObject) -> None:
     assert result.ok or result.error in PARSE_ERRORS
     if result.prediction is not None:
         assert result.prediction.next_state.text.strip()
+        assert 0.0 <= result.prediction.reward <= 1.0
+        assert not any(f"<{tag}>" in result.prediction.next_state.text for tag in RESPONSE_TAGS)
 
 
 _safe_text = st.text(
@@ -146,7 +261,7 @@ def test_generated_predictions_round_trip(
         reward=reward,
         done=done,
     )
-    parsed = parse_response(render_response(prediction))
+    parsed = parse_response(render_response(prediction), reward_range=(-1.0, 10.0))
     assert parsed.prediction is not None, parsed.detail
     assert parsed.prediction.next_state == prediction.next_state
     assert (parsed.prediction.reward, parsed.prediction.done) == (reward, done)

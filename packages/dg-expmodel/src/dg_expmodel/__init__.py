@@ -48,7 +48,16 @@ from dg_expmodel._format import (
     target_of,
 )
 from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
-from dg_expmodel._parse import PARSE_ERRORS, ParseResult, failure_prediction, parse_response
+from dg_expmodel._parse import (
+    BINARY_REWARDS,
+    DEFAULT_REWARD_RANGE,
+    PARSE_ERRORS,
+    ParseResult,
+    RewardRange,
+    check_reward_range,
+    failure_prediction,
+    parse_response,
+)
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
 from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
@@ -72,8 +81,10 @@ _TRAINING = ("ExperienceModelSFT", "FitResult", "LoraSettings", "fit_experience_
 __all__ = [
     "ABLATIONS",
     "ANNOTATION_SYSTEM_PROMPT",
+    "BINARY_REWARDS",
     "CAUSAL_CONNECTIVES",
     "COPY_SHARE",
+    "DEFAULT_REWARD_RANGE",
     "EMPTY_REASONING",
     "FAILURE_TYPES",
     "FORMAT_VERSION",
@@ -108,6 +119,7 @@ __all__ = [
     "PromptOptions",
     "ReplayRetriever",
     "ReplayWriteBack",
+    "RewardRange",
     "RuleBasedAnnotator",
     "SFTExample",
     "Sampling",
@@ -119,6 +131,7 @@ __all__ = [
     "annotation_request",
     "audit_experience_model",
     "build_messages",
+    "check_reward_range",
     "check_trace",
     "content_words",
     "copies_outcome",

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field, replace
 from dg_core import ExperiencePrediction, ExperienceQuery
 from dg_expmodel._backends import Completion, GenerationBackend, Prompt, Sampling
 from dg_expmodel._format import EMPTY_REASONING, PromptOptions, build_messages, render_prompt
-from dg_expmodel._parse import failure_prediction, parse_response
+from dg_expmodel._parse import (
+    DEFAULT_REWARD_RANGE,
+    RewardRange,
+    check_reward_range,
+    failure_prediction,
+    parse_response,
+)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class LLMExperienceModel:
         sampling: Decoding settings of the first attempt.
         retries: Extra attempts for unparseable answers.
         retry_temperature: Temperature of the retries.
+        reward_range: The rewards the environment can give (an interval ``(low, high)`` or a frozenset of
+            values; default [0, 1]); an answer with a reward outside it is unparseable (``reward_out_of_range``).
     """
 
     def __init__(
@@ -62,12 +70,14 @@ class LLMExperienceModel:
         sampling: Sampling | None = None,
         retries: int = 1,
         retry_temperature: float = 0.7,
+        reward_range: RewardRange = DEFAULT_REWARD_RANGE,
     ) -> None:
         self.backend = backend
         self.options = options or PromptOptions()
         self.sampling = sampling or Sampling()
         self.retries = max(0, retries)
         self.retry_temperature = retry_temperature
+        self.reward_range = check_reward_range(reward_range)
         self.stats = ExperienceModelStats()
         # Plain prompts of the no-reasoning ablation end with the (empty) reasoning field already written.
         self._prefill = EMPTY_REASONING if not self.options.reasoning and not backend.chat else ""
@@ -80,6 +90,7 @@ class LLMExperienceModel:
             sampling=self.sampling,
             retries=self.retries,
             retry_temperature=self.retry_temperature,
+            reward_range=self.reward_range,
         )
 
     def prompt(self, query: ExperienceQuery) -> Prompt:
@@ -107,7 +118,7 @@ class LLMExperienceModel:
             still: list[int] = []
             for index, completion in zip(pending, completions, strict=True):
                 self._account(completion)
-                parsed = parse_response(self._prefill + completion.text)
+                parsed = parse_response(self._prefill + completion.text, reward_range=self.reward_range)
                 if parsed.prediction is not None:
                     info = {"attempts": attempt + 1, "completion_tokens": completion.completion_tokens}
                     results[index] = parsed.prediction.model_copy(update={"info": info})

@@ -3,6 +3,12 @@
 :func:`parse_response` either returns a prediction or names what is wrong with the text, with one of
 the reason codes in :data:`PARSE_ERRORS`; callers retry or substitute :func:`failure_prediction`
 (the unchanged state, reward 0), and count the failure.
+
+Only the first complete response counts: the five fields are read in order, and whatever follows the
+first ``</done>`` that closes the ``done`` field is ignored, tags included (models keep talking). A field
+that holds any of the format's tags (its own or another field's, opening or closing) is rejected as
+``stray_tag`` rather than read with the tag inside it, and a reward outside the environment's range is
+rejected as ``reward_out_of_range``, so an accepted prediction always has a finite reward in range.
 """
 
 from __future__ import annotations
@@ -19,14 +25,29 @@ PARSE_ERRORS = (
     "duplicate_tag",
     "out_of_order",
     "stray_text",
+    "stray_tag",
     "empty_next_state",
     "duplicate_action",
     "bad_reward",
+    "reward_out_of_range",
     "bad_done",
 )
 """Reason codes of a failed parse."""
 
+RewardRange = tuple[float, float] | frozenset[float]
+"""The rewards a prediction may carry: a closed interval ``(low, high)``, or the set of the only allowed values."""
+
+DEFAULT_REWARD_RANGE: RewardRange = (0.0, 1.0)
+"""Rewards in [0, 1]: dg's environments give an outcome reward of 1 on success and 0 otherwise."""
+
+BINARY_REWARDS: RewardRange = frozenset({0.0, 1.0})
+"""Only 0 or 1, for environments whose reward is the bare outcome."""
+
 _TRUE, _FALSE = "true", "false"
+_OPENINGS = {f"<{tag}>": tag for tag in RESPONSE_TAGS}
+_CLOSINGS = {f"</{tag}>": tag for tag in RESPONSE_TAGS}
+_ANY_TAG = re.compile("|".join(re.escape(mark) for mark in (*_OPENINGS, *_CLOSINGS)))
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -50,26 +71,69 @@ def _fail(error: str, detail: str) -> ParseResult:
     return ParseResult(prediction=None, error=error, detail=detail)
 
 
+def check_reward_range(reward_range: RewardRange) -> RewardRange:
+    """``reward_range`` if it is a valid :data:`RewardRange`; raises ``ValueError`` (a caller's mistake) if not."""
+    if isinstance(reward_range, frozenset):
+        if not reward_range or not all(isinstance(v, int | float) and math.isfinite(v) for v in reward_range):
+            raise ValueError(f"reward_range: a set of allowed rewards must be non-empty and finite, got {reward_range}")
+        return reward_range
+    if isinstance(reward_range, tuple) and len(reward_range) == 2:
+        low, high = reward_range
+        if all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high)) and low <= high:
+            return reward_range
+    raise ValueError(
+        "reward_range must be a finite interval (low, high) with low <= high or a frozenset of rewards, "
+        f"got {reward_range!r}"
+    )
+
+
+def _describe(reward_range: RewardRange) -> str:
+    if isinstance(reward_range, frozenset):
+        return "one of {" + ", ".join(f"{v:g}" for v in sorted(reward_range)) + "}"
+    return f"in [{reward_range[0]:g}, {reward_range[1]:g}]"
+
+
+def _in_range(reward: float, reward_range: RewardRange) -> bool:
+    if isinstance(reward_range, frozenset):
+        return reward in reward_range
+    return reward_range[0] <= reward <= reward_range[1]
+
+
+def _unexpected_tag(found: re.Match[str], tag: str, text: str, position: int, read: dict[str, str]) -> ParseResult:
+    """Why ``found`` stands where ``<tag>`` was expected."""
+    mark = found.group()
+    other = _OPENINGS.get(mark) or _CLOSINGS[mark]
+    if other in read:
+        return _fail("duplicate_tag", f"{mark} appears again after the <{other}> field was read")
+    if f"<{tag}>" not in text[position:]:
+        return _fail("missing_tag", f"no <{tag}> field (found {mark} where it should open)")
+    if mark in _OPENINGS:
+        return _fail("out_of_order", f"<{other}> comes before <{tag}>; order: {', '.join(RESPONSE_TAGS)}")
+    return _fail("stray_tag", f"{mark} stands where <{tag}> should open")
+
+
 def _fields(text: str) -> dict[str, str] | ParseResult:
+    """The five fields of the first complete response in ``text``; what follows its ``</done>`` is ignored."""
     fields: dict[str, str] = {}
     position = 0
     for tag in RESPONSE_TAGS:
         opening, closing = f"<{tag}>", f"</{tag}>"
-        count = text.count(opening)
-        if count == 0 or closing not in text[position:]:
-            return _fail("missing_tag", f"no complete <{tag}> field")
-        if count > 1:
-            return _fail("duplicate_tag", f"<{tag}> appears {count} times")
-        start = text.find(opening, position)
-        between = text[position:start] if start >= 0 else ""
-        if start < 0 or any(f"<{other}>" in between for other in RESPONSE_TAGS):
-            return _fail("out_of_order", f"<{tag}> is not where the format puts it; order: {', '.join(RESPONSE_TAGS)}")
-        if between.strip():
-            return _fail("stray_text", f"unexpected text before <{tag}>: {between.strip()[:40]!r}")
-        end = text.find(closing, start + len(opening))
+        found = _ANY_TAG.search(text, position)
+        if found is None:
+            return _fail("missing_tag", f"no <{tag}> field")
+        if found.group() != opening:
+            return _unexpected_tag(found, tag, text, position, fields)
+        between = text[position : found.start()].strip()
+        if between:
+            return _fail("stray_text", f"unexpected text before <{tag}>: {between[:40]!r}")
+        start = found.end()
+        end = text.find(closing, start)
         if end < 0:
             return _fail("missing_tag", f"<{tag}> is not closed")
-        fields[tag] = text[start + len(opening) : end]
+        inner = _ANY_TAG.search(text, start, end)
+        if inner is not None:
+            return _fail("stray_tag", f"the <{tag}> field holds the tag {inner.group()}")
+        fields[tag] = text[start:end]
         position = end + len(closing)
     return fields
 
@@ -85,11 +149,19 @@ def _available_actions(raw: str) -> tuple[str, ...] | ParseResult | None:
     return tuple(actions)
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+def parse_response(text: str, *, reward_range: RewardRange = DEFAULT_REWARD_RANGE) -> ParseResult:
+    """Parse a model output in the tagged response format; text after the first complete ``</done>`` is ignored.
 
+    Args:
+        text: The model output (with any pre-filled part of the response in front).
+        reward_range: The rewards the environment can give (:data:`RewardRange`); a reward outside it is
+            rejected as ``reward_out_of_range``. Defaults to [0, 1].
 
-def parse_response(text: str) -> ParseResult:
-    """Parse a model output in the tagged response format; text after ``</done>`` is ignored."""
+    Returns:
+        The prediction, or the reason code and a readable detail; never raises on model output (an invalid
+        ``reward_range`` raises ``ValueError``).
+    """
+    reward_range = check_reward_range(reward_range)
     fields = _fields(text)
     if isinstance(fields, ParseResult):
         return fields
@@ -100,15 +172,19 @@ def parse_response(text: str) -> ParseResult:
     if isinstance(actions, ParseResult):
         return actions
     reward_text = fields["reward"].strip()
-    if not _NUMBER.match(reward_text) or not math.isfinite(float(reward_text)):
+    if not _NUMBER.fullmatch(reward_text) or not math.isfinite(float(reward_text)):
         return _fail("bad_reward", f"reward {reward_text[:20]!r} is not a finite number")
+    reward = float(reward_text) + 0.0  # -0 reads as 0
+    if not _in_range(reward, reward_range):
+        shown = reward_text if len(reward_text) <= 32 else f"{reward:g}"
+        return _fail("reward_out_of_range", f"reward {shown} is not {_describe(reward_range)}")
     done_text = fields["done"].strip().lower()
     if done_text not in (_TRUE, _FALSE):
         return _fail("bad_done", f"done {done_text[:20]!r} is neither true nor false")
     prediction = ExperiencePrediction(
         reasoning=fields["reasoning"].strip(),
         next_state=State(text=next_text, available_actions=actions),
-        reward=float(reward_text),
+        reward=reward,
         done=done_text == _TRUE,
         raw=text,
     )
