@@ -83,3 +83,32 @@ def test_bad_pool_files_are_named(tmp_path: Path) -> None:
     path.write_text('{"format": 1, "tasks": [{"task": {"id": "x"}}]}')
     with pytest.raises(PoolFileError, match="task entry 1 is malformed"):
         TaskPool.load(path)
+
+
+def test_state_dict_resumes_the_same_draws() -> None:
+    """A curriculum restored from its state draws exactly what the original draws next (pool, statistics, rng)."""
+    import json
+
+    seeds = [scripted_task(f"s{i}", seed=i) for i in range(6)]
+    original = Curriculum(TaskPool(), seed=3)
+    original.pool.add_many(seeds)
+    for _ in range(3):
+        for task in original.next_batch(2):
+            original.report(task.id, [1, 0, 0, 0])
+    state = json.loads(json.dumps(original.state_dict()))  # JSON-able: it travels in a checkpoint
+    restored = Curriculum(TaskPool(), seed=99)  # another seed: the state must override it
+    restored.load_state_dict(state)
+    assert restored.pool.to_dict() == original.pool.to_dict()
+    assert restored.stats() == original.stats()
+    for _ in range(4):
+        ahead, again = original.next_batch(3), restored.next_batch(3)
+        assert [t.id for t in ahead] == [t.id for t in again]
+        for task in ahead:
+            original.report(task.id, [0, 1])
+            restored.report(task.id, [0, 1])
+    fresh = Curriculum(TaskPool(), seed=3)
+    fresh.pool.add_many(seeds)
+    with pytest.raises(ConfigError, match="checkpoint x: not a curriculum state"):
+        fresh.load_state_dict({"pool": state["pool"]}, origin="checkpoint x")
+    with pytest.raises(PoolFileError, match="checkpoint y: unsupported pool format"):
+        fresh.load_state_dict({**state, "pool": {"format": 7}}, origin="checkpoint y")

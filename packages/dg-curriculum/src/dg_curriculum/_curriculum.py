@@ -6,9 +6,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dg_core import ConfigError, State, Task, TaskGenerationRequest, TaskGenerator
-from dg_curriculum._pool import TaskPool
+from dg_curriculum._pool import PoolFileError, TaskPool
 from dg_curriculum._selection import SelectionConfig, group_reward_variance, select_batch
 
 INITIAL_STATE_KEY = "initial_state"
@@ -122,3 +123,36 @@ class Curriculum:
     def save(self, path: str | Path) -> None:
         """Persist the pool (tasks, lineage and reported statistics)."""
         self.pool.save(path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides the next draws, as JSON-able data: the pool with its statistics, the
+        selection's random state and the last batch. A checkpoint that stores it resumes the same sequence."""
+        version, internal, gauss = self._rng.getstate()
+        return {
+            "pool": self.pool.to_dict(),
+            "rng": [version, list(internal), gauss],
+            "last_batch": list(self._last_batch),
+            "last_scores": list(self._last_scores),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, origin: str = "curriculum state") -> None:
+        """Restore :meth:`state_dict`'s data (the pool keeps this curriculum's encoder settings)."""
+        try:
+            version, internal, gauss = state["rng"]
+            rng_state = (int(version), tuple(int(x) for x in internal), gauss)
+            pool = TaskPool.from_dict(
+                state["pool"],
+                origin=origin,
+                encoder=self.pool.encoder,
+                near_duplicate_threshold=self.pool.threshold,
+            )
+            last_batch = [str(tid) for tid in state["last_batch"]]
+            last_scores = [float(x) for x in state["last_scores"]]
+            self._rng.setstate(rng_state)
+        except PoolFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"{origin}: not a curriculum state ({error})") from error
+        self.pool = pool
+        self._last_batch = last_batch
+        self._last_scores = last_scores

@@ -143,11 +143,9 @@ class TaskPool:
         return chain[::-1]
 
     # -- persistence -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the pool as JSON atomically (a kill during save leaves the previous file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
+    def to_dict(self) -> dict[str, Any]:
+        """The pool as JSON-able data (tasks, lineage and reported statistics): what :meth:`save` writes."""
+        return {
             "format": POOL_FORMAT,
             "tasks": [
                 {
@@ -160,9 +158,14 @@ class TaskPool:
                 for record in self.records.values()
             ],
         }
+
+    def save(self, path: str | Path) -> None:
+        """Write the pool as JSON atomically (a kill during save leaves the previous file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(path.name + ".saving")
         with staging.open("w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
+            json.dump(self.to_dict(), handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, path)
@@ -177,9 +180,14 @@ class TaskPool:
             raise
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PoolFileError(f"{path}: not a task pool file ({error})") from error
+        return cls.from_dict(payload, origin=str(path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, payload: Any, *, origin: str = "pool data", **kwargs: Any) -> TaskPool:
+        """A pool from :meth:`to_dict`'s data; errors name ``origin`` (a file, a checkpoint) and the entry."""
         if not isinstance(payload, dict) or payload.get("format") != POOL_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else None
-            raise PoolFileError(f"{path}: unsupported pool format {found!r}; this dg-curriculum reads {POOL_FORMAT}")
+            raise PoolFileError(f"{origin}: unsupported pool format {found!r}; this dg-curriculum reads {POOL_FORMAT}")
         pool = cls(**kwargs)
         for number, entry in enumerate(payload.get("tasks", []), start=1):
             try:
@@ -192,7 +200,7 @@ class TaskPool:
                     mean_reward=entry["mean_reward"],
                 )
             except (KeyError, TypeError, ValueError) as error:
-                raise PoolFileError(f"{path}: task entry {number} is malformed ({error})") from error
+                raise PoolFileError(f"{origin}: task entry {number} is malformed ({error})") from error
             pool._normalized[(world_key(task), normalize_instruction(task.instruction))] = task.id
         if pool.encoder is not None and pool.records:
             ids = list(pool.records)
