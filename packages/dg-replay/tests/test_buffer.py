@@ -116,3 +116,23 @@ def test_remove_keeps_storage_and_index_consistent() -> None:
     assert buffer.remove([2, 3, 99]) == 2
     assert sorted(buffer.index.keys().tolist()) == buffer.storage.keys().tolist() == [1, 4, 5, 6, 7, 8, 9, 10]
     assert all(hit.key not in (2, 3) for hit in buffer.retrieve(["room 2: a door"], k=8)[0])
+
+
+def test_remove_after_cuts_back_to_a_recorded_key(tmp_path: Path) -> None:
+    """What a resumed training run does: drop the synthetic rows stored after its checkpoint's key."""
+    buffer = ReplayBuffer.create(tmp_path / "replay", encoder=HashingEncoder(32))
+    buffer.add(make_steps(5), "real", task=make_task())
+    buffer.add(make_steps(3, source=Source.SYNTHETIC, prefix="syn"), "synthetic", task=make_task())
+    cut = buffer.last_key
+    assert cut == 8
+    buffer.save()
+    buffer.add(make_steps(4, source=Source.SYNTHETIC, prefix="late"), "synthetic", task=make_task())
+    buffer.add(make_steps(2, prefix="late real"), "real", task=make_task("t1"))
+    buffer.close()
+    reopened = ReplayBuffer.open(tmp_path / "replay", encoder=HashingEncoder(32))
+    assert reopened.remove_after(cut, {"source": "synthetic"}) == 4
+    assert reopened.stats().by_source == {"real": 7, "synthetic": 3}
+    assert sorted(reopened.index.keys().tolist()) == reopened.storage.keys().tolist()
+    assert reopened.remove_after(cut) == 2 and len(reopened) == 8
+    assert reopened.remove_after(reopened.last_key) == 0
+    reopened.close()

@@ -290,6 +290,21 @@ class ReplayBuffer:
         self._applied_tombstone = self.storage.last_tombstone()
         return deleted
 
+    @property
+    def last_key(self) -> int:
+        """The largest key ever assigned (0 when none): a checkpoint records it to cut the buffer back later."""
+        return self.storage.last_key()
+
+    def remove_after(self, key: int, filters: Filters = None) -> int:
+        """Delete every transition stored after ``key`` (those ``filters`` match); returns how many.
+
+        A training checkpoint records :attr:`last_key`; a run resumed from it calls this, so transitions its
+        interrupted process stored after the checkpoint are not kept twice. Evictions made after ``key`` are not
+        undone.
+        """
+        later = [int(k) for k in self.storage.keys(as_filter(filters), after=int(key))]
+        return self.remove(later) if later else 0
+
     def save(self) -> SnapshotManifest:
         """Snapshot the index atomically next to the storage file (transitions are durable on every add)."""
         self._writable()
