@@ -206,7 +206,7 @@ def test_max_batches_collects_only_what_training_uses(make_policy: Callable[...,
 
     fit = trainer(6)
     fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data())
-    assert fit.global_step == 6 and len(collected) == 4  # 3 batches trained on, one collected ahead
+    assert fit.global_step == 6 and len(collected) == 3  # collected when training reaches them: none ahead
     collected.clear()
     fit = trainer(6)
     fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data(max_batches=3))
@@ -231,3 +231,104 @@ def test_stop_when_ends_collection_and_training(make_policy: Callable[..., LMPol
     fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data)
     assert len(turns) == 1  # nothing collected past the budget
     assert fit.global_step == 2  # the batch that spent it is still trained on, updates_per_batch times
+
+
+def test_stop_when_with_one_update_per_batch(make_policy: Callable[..., LMPolicy]) -> None:
+    """The loader fetched the next ticket before the budget was spent: its batch is never collected."""
+    policy = make_policy("choose")
+    engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=2, max_episode_tokens=64)
+    turns: list[int] = []
+    data = RolloutDataModule(
+        engine,
+        corridor_tasks(4),
+        tasks_per_step=2,
+        on_batch=lambda r: turns.append(r.stats.turns),
+        stop_when=lambda: len(turns) >= 2,
+    )
+    fit = trainer(20)
+    fit.fit(GRPOModule(policy, learning_rate=1e-3), datamodule=data)
+    assert len(turns) == 2 and fit.global_step == 2 and data.consumed == 2
+
+
+def test_every_batch_is_collected_with_the_latest_weights(make_policy: Callable[..., LMPolicy]) -> None:
+    """On-policy: batch k is played by the weights after k updates (the loader's read-ahead collects nothing)."""
+    policy = make_policy("choose")
+    engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=2, max_episode_tokens=64)
+    at_collection: list[torch.Tensor] = []
+    after_update: list[torch.Tensor] = [params(policy.model)]
+
+    class AfterUpdate(L.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            after_update.append(params(policy.model))
+
+    data = RolloutDataModule(
+        engine, corridor_tasks(4), tasks_per_step=2, on_batch=lambda r: at_collection.append(params(policy.model))
+    )
+    fit = trainer(4, callbacks=[AfterUpdate()])
+    fit.fit(GRPOModule(policy, learning_rate=1e-2), datamodule=data)
+    assert len(at_collection) == 4 and len(after_update) == 5
+    assert not torch.equal(after_update[0], after_update[1])  # the updates change the weights
+    for k, weights in enumerate(at_collection):
+        assert torch.equal(weights, after_update[k]), k
+
+
+class StatefulSource(RecordingSource):
+    """A task source whose draws depend on its own random state (as a curriculum's do), with state_dict."""
+
+    def __init__(self, tasks: list[Task], seed: int = 0) -> None:
+        super().__init__(tasks)
+        import random
+
+        self.rng = random.Random(seed)
+
+    def next_batch(self, size: int) -> list[Task]:
+        self.asked.append(size)
+        return self.rng.sample(self.tasks, size)
+
+    def state_dict(self) -> dict[str, object]:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "asked": list(self.asked), "reports": self.reports}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        version, internal, gauss = state["rng"]  # type: ignore[misc]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.asked = list(state["asked"])  # type: ignore[call-overload]
+        self.reports = dict(state["reports"])  # type: ignore[call-overload]
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
+def test_resume_collects_exactly_what_the_uninterrupted_run_did(
+    make_policy: Callable[..., LMPolicy], tmp_path: Path
+) -> None:
+    """A checkpoint is one cut: step, task source and random state. Resumed at step 2 of 4, the run collects
+    the same episodes (same tasks, same sampled actions) and ends with the same weights and source state."""
+    tasks = corridor_tasks(6)
+
+    Played = list[list[str]]
+
+    def run(steps: int, folder: Path, resume: bool, policy_seed: int) -> tuple[Played, StatefulSource, LMPolicy]:
+        torch.manual_seed(1234)  # what seeding a fresh process does; the checkpoint's state must win over it
+        policy = make_policy("choose", seed=policy_seed)
+        engine = RolloutEngine(policy, EnvPool(lambda: ScriptedEnv(max_steps=4)), group_size=3, max_episode_tokens=64)
+        played: list[list[str]] = []
+        source = StatefulSource(tasks)
+        data = RolloutDataModule(
+            engine,
+            tasks_per_step=2,
+            task_source=source,
+            on_batch=lambda r: played.append([f"{e.task.id}:{[s.action.text for s in e.steps]}" for e in r.episodes]),
+        )
+        checkpoints = ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_last=True, save_top_k=0)
+        fit = trainer(steps, enable_checkpointing=True, callbacks=[checkpoints])
+        ckpt = str(folder / "last.ckpt") if resume else None
+        fit.fit(GRPOModule(policy, learning_rate=5e-2), datamodule=data, ckpt_path=ckpt, weights_only=False)
+        return played, source, policy
+
+    whole, whole_source, whole_policy = run(4, tmp_path / "whole", False, 0)
+    head, _, _ = run(2, tmp_path / "cut", False, 0)
+    # A fresh process rebuilds the initial policy (dg train reloads policy-initial/: the KL reference is made from
+    # it), then the checkpoint's weights replace the trained ones.
+    tail, tail_source, tail_policy = run(4, tmp_path / "cut", True, 0)
+    assert len(whole) == 4 and head + tail == whole
+    assert tail_source.state_dict() == whole_source.state_dict()
+    assert torch.equal(params(tail_policy.model), params(whole_policy.model))

@@ -16,6 +16,8 @@ from dg_rl._rollout import RolloutEngine, Rollouts, RolloutStats
 
 __all__ = ["RolloutDataModule", "TaskSource"]
 
+TICKET_KEY = "collect_batch"
+
 
 @runtime_checkable
 class TaskSource(Protocol):
@@ -33,23 +35,31 @@ class TaskSource(Protocol):
         ...
 
 
-class _RolloutStream(IterableDataset[RolloutBatch]):
+class _RolloutStream(IterableDataset[dict[str, Any]]):
+    """Tickets, not batches: Lightning's loader fetches one item ahead of training, so collecting here would play
+    every batch with the weights of one update earlier and leave its transitions in counters, curriculum and
+    replay before the checkpoint of the step before. The data module collects a ticket's batch when training
+    reaches it (``on_before_batch_transfer``)."""
+
     def __init__(self, source: RolloutDataModule) -> None:
         self.source = source
 
-    def __iter__(self) -> Iterator[RolloutBatch]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         while not self.source.finished():
-            batch = self.source.next_batch()
-            for _ in range(self.source.updates_per_batch):
-                yield batch
+            step = self.source.step
+            self.source.step += 1
+            for repeat in range(self.source.updates_per_batch):
+                yield {TICKET_KEY: step, "repeat": repeat}
 
 
 class RolloutDataModule(L.LightningDataModule):
     """Collects ``tasks_per_step`` tasks x ``group_size`` episodes with the current policy per batch.
 
     Under DDP every rank plays its own slice of the tasks drawn for a step (the draw is the same on every
-    rank), so ranks train on different episodes. The step training has reached is saved in checkpoints, so
-    a resumed run continues the task sequence where it stopped (a batch collected ahead is collected again).
+    rank), so ranks train on different episodes. A batch is collected when training reaches it (the loader
+    only hands out tickets ahead), so every batch is played by the latest weights, and a checkpoint is one
+    consistent cut: the step, the task source's state and the random state are saved with it, and a resumed
+    run continues exactly where the checkpointed one was.
 
     Args:
         engine: The rollout engine (its policy wraps the model being trained).
@@ -58,11 +68,11 @@ class RolloutDataModule(L.LightningDataModule):
         updates_per_batch: Optimiser steps taken on each collected batch (ratios move off 1 after the first).
         seed: Seed of the task draw and of the episodes of tasks without their own seed.
         task_source: A curriculum that picks the tasks of every batch and receives each task's group returns
-            after collection. Under DDP each rank asks its own source (the draw is not shared).
+            after collection. Under DDP each rank asks its own source (the draw is not shared). If it has
+            ``state_dict`` / ``load_state_dict``, its state travels in checkpoints.
         on_batch: Called with each collected batch's rollouts (for counters, logs, replay writes).
-        max_batches: Collect at most this many batches in all (set it to the run's ``max_steps`` divided by
-            ``updates_per_batch``): the loader collects one batch ahead of training, so without it the run's
-            last collection is never trained on.
+        max_batches: Collect at most this many batches in all (the run's ``max_steps`` divided by
+            ``updates_per_batch``).
         stop_when: Asked before every collection; once it returns True nothing more is collected and the
             trainer is told to stop (a real-transition budget: no transition is collected past it).
     """
@@ -99,6 +109,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.step = 0
         self.consumed = 0
         self.last_stats: RolloutStats | None = None
+        self._collected: tuple[int, RolloutBatch] | None = None
+        self._pending_rng: dict[str, Any] | None = None
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -130,10 +142,18 @@ class RolloutDataModule(L.LightningDataModule):
         return done
 
     def next_batch(self) -> RolloutBatch:
-        """Collect the next batch with the current policy."""
-        tasks = self.draw_tasks(self.step)
+        """Collect the next batch with the current policy (outside a trainer: tests, scripts)."""
+        batch = self._collect(self.step)
+        self.step += 1
+        return batch
+
+    def _collect(self, step: int) -> RolloutBatch:
+        if self._pending_rng is not None:  # a resumed run: the random state the checkpointed run had here
+            _set_rng_state(self._pending_rng, getattr(self.engine.policy, "generator", None))
+            self._pending_rng = None
+        tasks = self.draw_tasks(step)
         policy = self.engine.policy
-        rollouts = self.engine.collect(tasks, seed=self.seed * 1_000_003 + self.step * 1_009)
+        rollouts = self.engine.collect(tasks, seed=self.seed * 1_000_003 + step * 1_009)
         if self.task_source is not None:
             size = rollouts.group_size
             for start in range(0, len(rollouts.episodes), size):
@@ -142,24 +162,72 @@ class RolloutDataModule(L.LightningDataModule):
         if self.on_batch is not None:
             self.on_batch(rollouts)
         batch = build_batch(rollouts, mode=policy.mode, pad_id=policy.pad_id)
-        batch["batch_id"] = torch.tensor(self.step, dtype=torch.long)
+        batch["batch_id"] = torch.tensor(step, dtype=torch.long)
         self.last_stats = rollouts.stats
-        self.step += 1
         return batch
 
-    def train_dataloader(self) -> DataLoader[RolloutBatch]:
-        """An endless stream of rollout batches (bound the run with ``Trainer(max_steps=...)``)."""
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        """An endless stream of batch tickets (bound the run with ``Trainer(max_steps=...)``): each ticket's
+        batch is collected when training reaches it, with the weights of every update before it."""
         return DataLoader(_RolloutStream(self), batch_size=None, num_workers=0)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Note which batch training has reached (the loader collects one batch ahead)."""
-        self.consumed = int(batch["batch_id"]) + 1
-        return batch
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Collect the batch of a ticket the loader fetched ahead, now that training has reached it."""
+        if not (isinstance(batch, dict) and TICKET_KEY in batch):
+            return batch
+        step = int(batch[TICKET_KEY])
+        if self._collected is None or self._collected[0] != step:
+            if self.stop_when is not None and bool(self.stop_when()):
+                # Issued before the last collection spent the budget: nothing is collected for it.
+                trainer = getattr(self, "trainer", None)
+                if trainer is not None:
+                    trainer.should_stop = True
+                raise StopIteration
+            self._collected = (step, self._collect(step))
+        self.consumed = step + 1
+        return self._collected[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the first batch step training has not reached yet."""
-        return {"step": self.consumed, "seed": self.seed}
+        """What a checkpoint keeps: the first batch step not collected yet, the task source's state (when it has
+        ``state_dict``) and the random state the next collection starts from. Collection happens when training
+        reaches a batch, so at a checkpoint every collected batch has been trained on and nothing else was
+        collected: a resumed run plays exactly what the uninterrupted run would have."""
+        sampler = getattr(self.engine.policy, "generator", None)
+        state: dict[str, Any] = {"step": self.consumed, "seed": self.seed, "rng": _rng_state(sampler)}
+        source_state = getattr(self.task_source, "state_dict", None)
+        if callable(source_state):
+            state["task_source"] = source_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue from a checkpoint's step."""
+        """Continue from a checkpoint's step (the random state is restored at the next collection, so that
+        nothing Lightning draws while it sets up the loader shifts it)."""
         self.step = self.consumed = int(state_dict["step"])
+        self._collected = None
+        self._pending_rng = state_dict.get("rng")
+        if "task_source" in state_dict:
+            load = getattr(self.task_source, "load_state_dict", None)
+            if not callable(load):
+                raise ConfigError("the checkpoint holds a task source's state, but this run's task source takes none")
+            load(state_dict["task_source"])
+
+
+def _rng_state(sampler: torch.Generator | None) -> dict[str, Any]:
+    """The random states a collection draws from: the policy's sampling generator, torch's and Python's."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if isinstance(sampler, torch.Generator):
+        state["policy"] = sampler.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], sampler: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if "policy" in state and isinstance(sampler, torch.Generator):
+        sampler.set_state(state["policy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
