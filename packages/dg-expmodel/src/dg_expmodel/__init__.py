@@ -48,6 +48,7 @@ from dg_expmodel._format import (
     target_of,
 )
 from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
+from dg_expmodel._nearest import NearestExperienceModel
 from dg_expmodel._parse import (
     BINARY_REWARDS,
     DEFAULT_REWARD_RANGE,
@@ -112,6 +113,7 @@ __all__ = [
     "LLMExperienceModel",
     "LoraSettings",
     "ModelServer",
+    "NearestExperienceModel",
     "OpenAICompatibleBackend",
     "OpenLoop",
     "ParseResult",
