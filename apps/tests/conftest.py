@@ -81,3 +81,15 @@ def expmodel_run(workspace: Path, expert_data: Path, random_data: Path) -> Path:
     out = workspace / "expmodel"
     dg("expmodel", "fit", *TINY_EXPMODEL, "--set", f"data=[{expert_data}, {random_data}]", "--output", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def nearest_run(workspace: Path, expert_data: Path, random_data: Path) -> Path:
+    """The non-parametric experience model over the same data: it answers (never fails to parse), so synthetic
+    training writes real-looking transitions back to the replay buffer."""
+    out = workspace / "expmodel-nearest"
+    dg(
+        "expmodel", "fit", "--set", "expmodel.model=nearest", "--set", "expmodel.top_k=4",
+        "--set", f"data=[{expert_data}, {random_data}]", "--output", str(out),
+    )  # fmt: skip
+    return out

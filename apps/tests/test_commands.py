@@ -68,17 +68,18 @@ def train_args(expmodel_run: Path, expert_data: Path, *extra: str) -> list[str]:
 
 
 def test_train_synthetic_uses_no_real_transitions_and_grows_replay(
-    workspace: Path, expmodel_run: Path, expert_data: Path
+    workspace: Path, nearest_run: Path, expert_data: Path
 ) -> None:
     out = workspace / "train-synthetic"
-    metrics = dg(*train_args(expmodel_run, expert_data, "--set", "algorithm.steps=2"), "--output", str(out))
+    metrics = dg(*train_args(nearest_run, expert_data, "--set", "algorithm.steps=2"), "--output", str(out))
     assert metrics["real_transitions"] == 0
     assert metrics["synthetic_transitions"] > 0 and metrics["optimizer_steps"] == 2
     with ReplayBuffer.open(out / "replay", read_only=True) as buffer:
         by_source = buffer.stats().by_source
     assert by_source.get("synthetic", 0) > 0  # written back; the fit run's buffer is untouched
-    with ReplayBuffer.open(expmodel_run / "replay", read_only=True) as original:
+    with ReplayBuffer.open(nearest_run / "replay", read_only=True) as original:
         assert "synthetic" not in original.stats().by_source
+    assert metrics["expmodel"]["parse_failures"] == 0 and metrics["replay"]["placeholders_withheld"] == 0
     assert metrics["curriculum"]["pool_size"] == metrics["seed_tasks"]
     for name in ("policy/policy.json", "checkpoints/last.ckpt", "curriculum.json", "plots/learning_curve.png"):
         assert (out / name).exists(), name
@@ -87,10 +88,10 @@ def test_train_synthetic_uses_no_real_transitions_and_grows_replay(
 
 
 def test_interrupted_training_resumes_from_its_checkpoint_with_its_replay(
-    workspace: Path, expmodel_run: Path, expert_data: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, nearest_run: Path, expert_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = workspace / "train-resume"
-    args = [*train_args(expmodel_run, expert_data, "--set", "algorithm.steps=4"), "--output", str(out)]
+    args = [*train_args(nearest_run, expert_data, "--set", "algorithm.steps=4"), "--output", str(out)]
     original = RunCounters.on_batch
 
     def crash_on_fourth(self: RunCounters, rollouts: object) -> None:
@@ -111,8 +112,12 @@ def test_interrupted_training_resumes_from_its_checkpoint_with_its_replay(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["optimizer_steps"] == 4
     assert json.loads((out / "run.json").read_text())["resumes"] == 1
+    # The crash came after the fourth batch's transitions were stored, past the third step's checkpoint: the
+    # resumed run removed them and collected that batch again (test_kill_resume.py compares runs exactly).
+    assert metrics["replay"]["removed_on_resume"] > 0 and metrics["rollout_batches"] == 4
     with ReplayBuffer.open(out / "replay", read_only=True) as buffer:
-        assert buffer.stats().by_source.get("synthetic", 0) > synthetic_before
+        assert buffer.stats().by_source.get("synthetic", 0) == metrics["replay"]["by_source"]["synthetic"]
+        assert buffer.stats().by_source["synthetic"] >= synthetic_before - metrics["replay"]["removed_on_resume"]
 
 
 def test_train_real_stops_at_the_real_budget_and_eval_reads_the_policy(workspace: Path, expert_data: Path) -> None:

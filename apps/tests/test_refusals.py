@@ -245,3 +245,36 @@ def test_a_truncated_checkpoint_is_named_with_what_to_do(
     assert main(["resume", str(out), "--no-progress"]) == 0
     assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] == 1
     assert torch.load(last, weights_only=True)["global_step"] == 1
+
+
+# Item 3: the run's copy of the experience model's replay buffer is made whole or not at all.
+
+
+def test_a_half_copied_replay_buffer_is_never_used(
+    workspace: Path, nearest_run: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dg_replay import ReplayBuffer
+
+    out = workspace / "train-replay-copy"
+    args = [
+        "train", *SCRIPTED_ENV, *TINY_POLICY, "--set", f"data=[{expert_data}]",
+        "--set", "algorithm.steps=1", "--set", "algorithm.tasks_per_step=2", "--set", "algorithm.group_size=2",
+        "--output", str(out), "--no-progress",
+    ]  # fmt: skip
+    # A missing experience-model directory is named before anything is copied.
+    fit = workspace / "fit-arrives-later"
+    assert main([*args, "--set", f"expmodel={fit}"]) == 2
+    err = capsys.readouterr().err
+    assert f"dg: error: expmodel: {fit} is not a `dg expmodel fit` run directory (no such directory)" in err
+    assert "Traceback" not in err and not (out / "replay").exists()
+    # The fit appears; a copy killed midway left a partial folder (a torn SQLite file): it is replaced, never opened.
+    shutil.copytree(nearest_run, fit)
+    (out / "replay.partial").mkdir()
+    (out / "replay.partial" / "transitions.sqlite").write_bytes(b"SQLite format 3\x00 torn")
+    assert main(["resume", str(out), "--no-progress"]) == 0
+    assert not (out / "replay.partial").exists()
+    with (
+        ReplayBuffer.open(out / "replay", read_only=True) as buffer,
+        ReplayBuffer.open(fit / "replay", read_only=True) as original,
+    ):
+        assert buffer.stats().by_source["real"] == original.stats().by_source["real"]

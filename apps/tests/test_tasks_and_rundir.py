@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_run_dir_resumes_the_same_config_and_refuses_another(tmp_path: Path) -> 
     config = CollectConfig(env=SCRIPTED)
     run = RunDir.start(tmp_path / "run", "collect", config)
     assert not run.resumed and (run.path / "config.yaml").exists() and not run.done
+    run.release()  # as the first process's exit would (a SIGKILL included): the run is left "running"
     again = RunDir.start(tmp_path / "run", "collect", config)
     assert again.resumed and RunDir.read_meta(again.path)["resumes"] == 1
     # The resolved config reloads to the same model: a run can be repeated from its directory.
@@ -70,9 +72,56 @@ def test_run_dir_resumes_the_same_config_and_refuses_another(tmp_path: Path) -> 
         RunDir.start(tmp_path / "run", "collect", changed)
     with pytest.raises(ConfigError, match="holds a `dg collect` run"):
         RunDir.start(tmp_path / "run", "eval", config)
-    run.finish()
+    again.finish()
     assert RunDir.start(tmp_path / "run", "collect", config).done
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a dg run directory"):
         RunDir.start(tmp_path / "other", "collect", config)
+
+
+def test_a_running_run_directory_is_locked_and_its_run_json_left_alone(tmp_path: Path) -> None:
+    """A second process on a running directory is refused before it writes anything (issue 21 item 4)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    config = CollectConfig(env=SCRIPTED)
+    run = RunDir.start(tmp_path / "run", "collect", config)
+    meta = (run.path / "run.json").read_text()
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from dg_apps.config import CollectConfig, load_config
+        from dg_apps.rundir import RunDir
+        from dg_core import ConfigError
+        path = Path({str(run.path)!r})
+        try:
+            RunDir.start(path, "collect", load_config(CollectConfig, path / "config.yaml"))
+        except ConfigError as error:
+            print("REFUSED", error)
+        """
+    )
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert "REFUSED" in second.stdout and f"in use by another dg process (pid {os.getpid()})" in second.stdout
+    assert (run.path / "run.json").read_text() == meta  # still "running", not rewritten to "failed"
+    run.finish()
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert "REFUSED" not in again.stdout  # finished: the lock is released
+
+
+def test_a_config_field_added_since_the_run_started_takes_its_default(tmp_path: Path) -> None:
+    """Upgrading dg must not orphan a run directory: a key missing from the stored config compares as its default."""
+    import yaml
+
+    config = CollectConfig(env=SCRIPTED)
+    run = RunDir.start(tmp_path / "run", "collect", config)
+    run.release()
+    stored = yaml.safe_load((run.path / "config.yaml").read_text())
+    del stored["episodes_per_task"]  # as written by a dg that did not have this field yet
+    (run.path / "config.yaml").write_text(yaml.safe_dump(stored))
+    again = RunDir.start(tmp_path / "run", "collect", config)
+    assert again.resumed
+    again.release()
+    with pytest.raises(ConfigError, match="first difference: episodes_per_task"):
+        RunDir.start(tmp_path / "run", "collect", config.model_copy(update={"episodes_per_task": 5}))

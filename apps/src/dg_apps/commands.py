@@ -195,6 +195,13 @@ def run_fit(config: FitConfig, run: RunDir, *, progress: bool = True) -> dict[st
     )
     metrics["seconds"] = time.perf_counter() - started
     run.write_metrics(metrics)
+    if metrics.get("kind") == "nearest":
+        run.write_summary(
+            f"# dg expmodel fit\n\nNon-parametric experience model (`nearest`): nothing trained; replay buffer of "
+            f"{metrics['replay_transitions']} transitions from {metrics['trajectories']} real trajectories in "
+            f"`replay/`. Audit it: `dg expmodel audit --set expmodel={run.path} --set held_out=[FILE]`.\n"
+        )
+        return metrics
     loss = metrics["fit_metrics"].get("train/loss", float("nan"))
     run.write_summary(
         f"# dg expmodel fit\n\n{metrics['examples']} annotated transitions from {metrics['trajectories']} real "

@@ -154,7 +154,9 @@ class ExpModelConfig(Strict):
 
     model: str = "tiny"
     """``tiny`` (built here, tokenizer trained on the annotated examples), a pretrained short name (``smollm2``),
-    a ``.gguf`` file, or a Hugging Face directory / hub id (fine-tuned with LoRA)."""
+    a ``.gguf`` file, or a Hugging Face directory / hub id (fine-tuned with LoRA); or ``nearest``, the
+    non-parametric baseline: no network, it answers with the outcome of the identical real transition among the
+    ``top_k`` retrieved from the replay buffer, else the failure state (nothing to train: `fit` seeds the buffer)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights of a loaded model: ``auto`` is float32 on CPU and bfloat16 on a GPU that has it."""
     hidden_size: int = Field(default=128, ge=8)

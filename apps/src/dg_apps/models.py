@@ -32,6 +32,8 @@ __all__ = [
 
 POLICY_META = "policy.json"
 EXPMODEL_META = "expmodel.json"
+NEAREST = "nearest"
+"""``expmodel.model`` of the non-parametric experience model (dg-expmodel's ``NearestExperienceModel``)."""
 
 
 def read_data(paths: Sequence[str | Path], *, key: str = "data") -> list[Trajectory]:
@@ -197,8 +199,8 @@ class ExpModelBundle:
 
     @property
     def backend(self) -> Any:
-        """The generation backend (the task generator reuses it)."""
-        return self.model.backend
+        """The generation backend (the task generator reuses it); ``None`` for the non-parametric model."""
+        return getattr(self.model, "backend", None)
 
 
 def _encoder(name: str) -> Any:
@@ -333,6 +335,21 @@ def fit_expmodel(
     options = PromptOptions(
         history_window=config.history_window, max_retrieved=config.top_k, reasoning=config.reasoning
     )
+    if config.model == NEAREST:  # non-parametric: the seeded buffer is the whole model
+        stats = buffer.stats()
+        buffer.close()
+        nearest: dict[str, Any] = {"kind": NEAREST, "options": options.model_dump(mode="json")}
+        (output / EXPMODEL_META).write_text(json.dumps(nearest, indent=2))
+        return {
+            "kind": NEAREST,
+            "examples": 0,
+            "dropped_examples": 0,
+            "fit_metrics": {},
+            "resumed_from": None,
+            "replay_transitions": stats.total,
+            "trajectories": len(trajectories),
+            "annotator": {},
+        }
     retrieve = None
     if config.top_k > 0:
         retrieve = functools.partial(ReplayRetriever(buffer, exclude_self=True).for_step, k=config.top_k)
@@ -443,6 +460,11 @@ def load_expmodel(
     if history_window is not None:
         updates["history_window"] = history_window
     options = options.model_copy(update=updates)
+    if settings.get("kind") == NEAREST:
+        from dg_expmodel import NearestExperienceModel
+
+        buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
+        return ExpModelBundle(NearestExperienceModel(options), buffer, options, settings)
     backend = make_backend(settings, run / "model", batch_size=batch_size)
     sampling = Sampling(max_new_tokens=max_new_tokens or int(settings["max_new_tokens"]))
     model = LLMExperienceModel(backend, options=options, sampling=sampling, retries=int(settings["retries"]))

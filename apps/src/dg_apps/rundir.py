@@ -9,16 +9,19 @@ RUN/
   metrics.json      the numbers of the run
   plots/            PNG figures
   summary.md        what happened, in a few lines and a table
+  .lock             held by the process running it: a second process on the same directory is refused
 ```
 
 Starting a command on a directory that already holds a run of the same command and config resumes it
 (finished stages are kept, training continues from ``checkpoints/last.ckpt``); a different config there is
-refused, naming the first key that differs.
+refused, naming the first key that differs. A config field added to dg since the run started compares as its
+default, so upgrading dg does not orphan a run directory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -49,6 +52,34 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     return prefix.rstrip(".") if old != new else None
 
 
+def _as_current(config: BaseModel, old: Any) -> Any:
+    """The stored config as this dg reads it (fields added since then take their defaults); as stored if it no
+    longer validates (then the raw comparison names what changed)."""
+    try:
+        return type(config).model_validate(old).model_dump(mode="json")
+    except ValueError:
+        return old
+
+
+def _lock(path: Path) -> Any:
+    """Hold ``path/.lock`` for this process; refuse, naming the holder, if another process holds it."""
+    handle = (path / ".lock").open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(
+            f"{path} is in use by another dg process (pid {holder}); wait for it to finish, or choose another --output"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
@@ -58,10 +89,17 @@ def _write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """A run's directory. ``RunDir.start`` creates it or resumes the run already in it."""
 
-    def __init__(self, path: Path, command: str, resumed: bool) -> None:
+    def __init__(self, path: Path, command: str, resumed: bool, lock: Any = None) -> None:
         self.path = path
         self.command = command
         self.resumed = resumed
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let other processes open this run directory (``finish`` does it; so does the process's exit)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def start(cls, path: str | Path, command: str, config: BaseModel) -> RunDir:
@@ -73,7 +111,7 @@ class RunDir:
             meta = cls.read_meta(path)
             if meta.get("command") != command:
                 raise ConfigError(f"{path} holds a `dg {meta.get('command')}` run; choose another --output")
-            old = yaml.safe_load(config_file.read_text())
+            old = _as_current(config, yaml.safe_load(config_file.read_text()))
             new = config.model_dump(mode="json")
             difference = _first_difference(old, new)
             if difference is not None:
@@ -82,16 +120,17 @@ class RunDir:
                     f"choose another --output, or `dg resume {path}` to continue the run as it was"
                 )
             resumed = True
-        elif path.exists() and any(path.iterdir()):
+        elif path.exists() and any(entry.name != ".lock" for entry in path.iterdir()):
             raise ConfigError(f"{path} exists and is not a dg run directory; choose another --output")
         path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, command, resumed, _lock(path))
         for sub in ("logs", "checkpoints", "plots"):
             (path / sub).mkdir(exist_ok=True)
-        run = cls(path, command, resumed)
         if not resumed:
             _write_atomic(config_file, dump_config(config))
         meta = cls.read_meta(path) if resumed else {"command": command, "started": _now(), "resumes": 0}
         if meta.get("status") == "done":
+            run.release()
             return run  # finished before: kept as it is (callers read its metrics)
         if resumed:
             meta["resumes"] = int(meta.get("resumes", 0)) + 1
@@ -118,6 +157,7 @@ class RunDir:
         if status == "done":
             meta["finished"] = _now()
         self._write_meta(meta)
+        self.release()
 
     @property
     def done(self) -> bool:
@@ -142,17 +182,80 @@ class RunDir:
         return file
 
     def loggers(self) -> list[Any]:
-        """CSV and TensorBoard loggers writing under ``logs/``."""
-        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+        """CSV and TensorBoard loggers writing under ``logs/`` (the CSV file of a resumed run keeps its rows)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         return [
-            CSVLogger(self.path / "logs", name="csv", version=0),
+            _resumable_csv_logger(self.path / "logs"),
             TensorBoardLogger(self.path / "logs", name="tensorboard", version=0, default_hp_metric=False),
         ]
 
     def csv_metrics(self) -> Path:
         """The CSV logger's metrics file."""
         return self.path / "logs" / "csv" / "version_0" / "metrics.csv"
+
+
+def _resumable_csv_logger(root: Path) -> Any:
+    """Lightning's CSV logger, except that a resumed run appends to ``metrics.csv`` instead of deleting it.
+
+    Rows the interrupted process logged after its last checkpoint are logged again by the resumed one: on its
+    first write, the file's rows from the first step it logs onwards are dropped (rewritten atomically).
+    """
+    import csv
+
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class Writer(ExperimentWriter):
+        def __init__(self, log_dir: str) -> None:
+            self._trimmed = False
+            super().__init__(log_dir)
+
+        def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
+            file = Path(self.metrics_file_path)
+            if file.is_file():
+                with file.open(newline="") as handle:
+                    self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+        def save(self) -> None:
+            if not self._trimmed and self.metrics:
+                self._trimmed = True
+                self._drop_from(min(int(row["step"]) for row in self.metrics))
+            super().save()
+
+        def _drop_from(self, step: int) -> None:
+            file = Path(self.metrics_file_path)
+            if not file.is_file():
+                return
+            with file.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                fields = list(reader.fieldnames or [])
+                rows = [row for row in reader if _row_step(row) < step]
+            partial = file.with_name(file.name + ".partial")
+            with partial.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(partial, file)
+
+    class Logger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> Any:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = Writer(log_dir=self.log_dir)
+            return self._experiment
+
+    return Logger(root, name="csv", version=0)
+
+
+def _row_step(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:
+        return 0.0
 
 
 def _now() -> str:

@@ -1,12 +1,20 @@
 """``dg train``: GRPO / PPO in the synthetic environment (experience model + replay + curriculum) or the real one.
 
 Everything the run needs to resume lives in its directory: ``policy-initial/`` (the starting weights and
-tokenizer), ``checkpoints/last.ckpt`` (weights, optimiser, data-module step, counters), ``replay/`` (this run's
-copy of the experience model's buffer, which grows with synthetic transitions) and ``curriculum.json``.
+tokenizer), ``checkpoints/last.ckpt`` and ``replay/`` (this run's copy of the experience model's buffer, which
+grows with synthetic transitions). ``curriculum.json`` is a readable copy of the curriculum's pool.
+
+A checkpoint is one consistent cut of the run. Batches are collected when training reaches them (dg-rl), so at
+a checkpoint every counted, reported or stored transition belongs to a batch trained on; ``last.ckpt`` holds the
+weights, optimiser, counters, the data module's step and random states, the curriculum (pool, statistics and
+random state) and the replay buffer's last key; it is written to a temporary file and renamed. A resumed run
+removes the synthetic transitions its interrupted process stored after that key, so every counter, the
+curriculum and the replay buffer equal what an uninterrupted run had at that step.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,6 +23,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dg_apps.config import TrainConfig
 from dg_apps.models import build_policy, load_expmodel, load_policy, read_data, save_policy
@@ -85,9 +94,11 @@ class RunCounters(Callback):
 
 
 class SaveRunState(Callback):
-    """Saves the replay buffer and the curriculum's pool whenever Lightning writes a checkpoint.
+    """Keeps the replay buffer in the checkpoint's cut, and refreshes ``curriculum.json`` with every checkpoint.
 
-    ``saved_step`` is the optimiser step of the last checkpoint written in this process (``None`` before one).
+    The checkpoint records the buffer's last key; resuming from it removes the synthetic transitions stored after
+    that key (by the interrupted process, after its last checkpoint). ``saved_step`` is the optimiser step of the
+    last checkpoint written in this process (``None`` before one).
     """
 
     def __init__(self, buffer: Any, curriculum: Any, pool_file: Path) -> None:
@@ -95,6 +106,15 @@ class SaveRunState(Callback):
         self.curriculum = curriculum
         self.pool_file = pool_file
         self.saved_step: int | None = None
+        self.removed_on_resume = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"replay_last_key": self.buffer.last_key if self.buffer is not None else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        key = state_dict.get("replay_last_key")
+        if self.buffer is not None and key is not None:
+            self.removed_on_resume = self.buffer.remove_after(int(key), {"source": "synthetic"})
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
@@ -104,8 +124,22 @@ class SaveRunState(Callback):
             self.curriculum.save(self.pool_file)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it: a kill during a save leaves the previous one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        partial = target.with_name(target.name + ".partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, target)
+
+
 class CurriculumSource:
-    """A dg-curriculum :class:`Curriculum` as dg-rl's task source, growing the pool every ``grow_every`` batches."""
+    """A dg-curriculum :class:`Curriculum` as dg-rl's task source, growing the pool every ``grow_every`` batches.
+
+    Its state (the curriculum's pool, statistics and random state; its own batch and generation counts) travels
+    in the data module's checkpoint state.
+    """
 
     def __init__(self, curriculum: Any, *, grow_every: int, parents: int, variations: int) -> None:
         self.curriculum = curriculum
@@ -114,6 +148,7 @@ class CurriculumSource:
         self.variations = variations
         self.batches = 0
         self.generated = 0
+        self.reports = 0
 
     def next_batch(self, size: int) -> list[Task]:
         if self.grow_every and self.batches and self.batches % self.grow_every == 0:
@@ -123,8 +158,23 @@ class CurriculumSource:
         return batch
 
     def report(self, task_id: str, group_rewards: Sequence[float]) -> float:
+        self.reports += 1
         variance: float = self.curriculum.report(task_id, group_rewards)
         return variance
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "generated": self.generated,
+            "reports": self.reports,
+            "curriculum": self.curriculum.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches = int(state["batches"])
+        self.generated = int(state["generated"])
+        self.reports = int(state["reports"])
+        self.curriculum.load_state_dict(state["curriculum"], origin="the checkpoint's curriculum")
 
 
 def _initial_states(tasks: list[Task], trajectories: list[Trajectory], config: TrainConfig) -> list[Task]:
@@ -149,15 +199,27 @@ def _initial_states(tasks: list[Task], trajectories: list[Trajectory], config: T
     return out
 
 
-def _curriculum(config: TrainConfig, tasks: list[Task], pool_file: Path, generator: Any) -> Any:
+def _copy_replay(expmodel: Path, target: Path) -> None:
+    """This run's own copy of the experience model's replay buffer, made in a temporary folder and renamed, so a
+    kill during the copy leaves no half-written buffer behind (a leftover temporary folder is replaced)."""
+    source = expmodel / "replay"
+    if not source.is_dir():
+        what = "no such directory" if not expmodel.exists() else "it holds no replay/ folder"
+        raise ConfigError(f"expmodel: {expmodel} is not a `dg expmodel fit` run directory ({what})")
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(source, partial)
+    os.replace(partial, target)
+
+
+def _curriculum(config: TrainConfig, tasks: list[Task], generator: Any) -> Any:
+    """The curriculum over the seed tasks; a resumed run's checkpoint then restores its pool and state."""
     from dg_curriculum import Curriculum, SelectionConfig, TaskPool
 
     cur = config.curriculum
-    if pool_file.exists():
-        pool = TaskPool.load(pool_file)
-    else:
-        pool = TaskPool()
-        pool.add_many(tasks)
+    pool = TaskPool()
+    pool.add_many(tasks)
     selection = SelectionConfig(
         temperature=cur.temperature,
         top_fraction=cur.top_fraction,
@@ -187,7 +249,11 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name)
     else:
         policy = build_policy(config.policy, trajectories=data, tasks=tasks, seed=config.seed, policy_id=run.path.name)
-        save_policy(policy, config.policy, initial_dir)
+        partial = initial_dir.with_name(initial_dir.name + ".partial")  # a kill while saving leaves no half folder
+        if partial.exists():
+            shutil.rmtree(partial)
+        save_policy(policy, config.policy, partial)
+        os.replace(partial, initial_dir)
     algo = config.algorithm
     buffer: Any = None
     curriculum: Any = None
@@ -199,8 +265,10 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack
 
         replay_dir = run.path / "replay"
+        if replay_dir.exists() and not (run.path / "checkpoints" / "last.ckpt").exists():
+            shutil.rmtree(replay_dir)  # no checkpoint to resume from: the run starts over, from a fresh copy
         if not replay_dir.exists():
-            shutil.copytree(Path(config.expmodel) / "replay", replay_dir)
+            _copy_replay(Path(config.expmodel), replay_dir)
         syn = config.synthetic
         bundle = load_expmodel(
             config.expmodel,
@@ -231,8 +299,14 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         if config.curriculum.grow_every and bundle is not None:
             from dg_curriculum import LLMTaskGenerator
 
+            if bundle.backend is None:
+                raise ConfigError(
+                    "curriculum.grow_every: task generation needs an LLM experience model; "
+                    f"{config.expmodel} is the non-parametric `nearest` one (set curriculum.grow_every=0)"
+                )
+
             generator = LLMTaskGenerator(bundle.backend)
-        curriculum = _curriculum(config, tasks, run.path / "curriculum.json", generator)
+        curriculum = _curriculum(config, tasks, generator)
         source = CurriculumSource(
             curriculum,
             grow_every=config.curriculum.grow_every,
@@ -273,12 +347,14 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         dirpath=run.path / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=algo.checkpoint_every
     )
     options: dict[str, Any] = {"log_every_n_steps": 1, "enable_model_summary": False, **config.trainer}
+    plugins = [AtomicCheckpointIO(), *_as_list(options.pop("plugins", None))]
     run_state = SaveRunState(buffer, curriculum, run.path / "curriculum.json")
     trainer = L.Trainer(
         max_steps=algo.steps * algo.updates_per_batch,
         logger=run.loggers(),
         callbacks=[counters, run_state, checkpoints],
         enable_progress_bar=progress,
+        plugins=plugins,
         **options,
     )
     last = run.path / "checkpoints" / "last.ckpt"
@@ -322,7 +398,13 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             "parse_failure_rate": stats.parse_failures / stats.queries if stats.queries else 0.0,
             "failure_reasons": dict(stats.failure_reasons),
         }
-        metrics["replay"] = {"total": len(buffer), "by_source": buffer.stats().by_source}
+        metrics["replay"] = {
+            "total": len(buffer),
+            "by_source": buffer.stats().by_source,
+            # unparseable answers' failure placeholders, counted and never stored as experience
+            "placeholders_withheld": env.placeholders_withheld,
+            "removed_on_resume": run_state.removed_on_resume,
+        }
     if curriculum is not None:
         cstats = curriculum.stats()
         metrics["curriculum"] = {
@@ -331,6 +413,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             "score_histogram": cstats.score_histogram,
             "mean_selected_variance": cstats.mean_selected_variance,
             "generated": source.generated if source is not None else 0,
+            "reports": source.reports if source is not None else 0,
         }
         generator = curriculum.generator
         if generator is not None:
@@ -341,6 +424,12 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     run.write_metrics(metrics)
     run.write_summary(_summary(config, metrics, run))
     return metrics
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _summary(config: TrainConfig, metrics: dict[str, Any], run: RunDir) -> str:
