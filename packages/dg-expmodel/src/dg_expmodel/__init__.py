@@ -3,7 +3,7 @@
 The versioned prompt / response format and its strict parser, reasoning annotators, inference backends
 (transformers, vLLM, OpenAI-compatible HTTP, plus a small OpenAI-compatible server), the LLM experience
 model with retries and failure states, SFT (``dg-expmodel[train]``, imported on first use), tiny models
-for offline machines, and the synthetic environment.
+for offline machines, the synthetic environment, and the controlled-error simulator (``PerturbedEnv``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ from dg_expmodel._parse import (
     failure_prediction,
     parse_response,
 )
+from dg_expmodel._perturbed import (
+    REWARD_ERRORS,
+    TRANSITION_ERRORS,
+    PerturbationStats,
+    PerturbedEnv,
+    action_objects,
+    drop_object,
+    state_objects,
+)
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
 from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
@@ -94,8 +103,10 @@ __all__ = [
     "PARSE_ERRORS",
     "REJECT_REASONS",
     "RESPONSE_TAGS",
+    "REWARD_ERRORS",
     "STOP",
     "SYSTEM_PROMPT",
+    "TRANSITION_ERRORS",
     "Ablation",
     "AnnotationRecord",
     "Annotator",
@@ -117,6 +128,8 @@ __all__ = [
     "OpenAICompatibleBackend",
     "OpenLoop",
     "ParseResult",
+    "PerturbationStats",
+    "PerturbedEnv",
     "Prompt",
     "PromptOptions",
     "ReplayRetriever",
@@ -130,6 +143,7 @@ __all__ = [
     "TransformersBackend",
     "VLLMBackend",
     "__version__",
+    "action_objects",
     "annotation_request",
     "audit_experience_model",
     "build_messages",
@@ -137,6 +151,7 @@ __all__ = [
     "check_trace",
     "content_words",
     "copies_outcome",
+    "drop_object",
     "examples_from_trajectories",
     "failure_prediction",
     "fit_experience_model",
@@ -151,6 +166,7 @@ __all__ = [
     "render_response",
     "save_hf_directory",
     "set_f1",
+    "state_objects",
     "step_key",
     "target_of",
     "tiny_causal_lm",
