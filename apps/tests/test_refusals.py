@@ -175,7 +175,7 @@ def test_a_folder_given_as_a_data_or_task_file_is_refused(
     err = capsys.readouterr().err
     assert f"dg: error: data: {empty} is a folder, not a trajectory file; list the .jsonl / .parquet files\n" in err
     assert main(["eval", "--set", f"tasks={empty}", "--output", str(tmp_path / "eval"), "--no-progress"]) == 2
-    assert f"dg: error: tasks: {empty} is a folder, not a task file" in capsys.readouterr().err
+    assert f"dg: error: tasks: {empty} holds no playable textworld game" in capsys.readouterr().err
 
 
 def test_a_policy_folder_without_a_readable_model_is_refused(

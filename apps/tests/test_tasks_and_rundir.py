@@ -125,3 +125,70 @@ def test_a_config_field_added_since_the_run_started_takes_its_default(tmp_path: 
     again.release()
     with pytest.raises(ConfigError, match="first difference: episodes_per_task"):
         RunDir.start(tmp_path / "run", "collect", config.model_copy(update={"episodes_per_task": 5}))
+
+
+def test_a_folder_of_textworld_games_is_a_task_panel_in_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tasks: FOLDER reads a user's TextWorld games (issue 20 item 2); what cannot be played is named, not raised."""
+    import json
+    import shutil
+
+    from dg_apps.cli import main
+    from dg_envs.textworld import textworld_tasks
+
+    generated = textworld_tasks("coin_collector", count=3, seed=11, settings={"level": 1}, split=None)
+    games = tmp_path / "my-games"
+    (games / "sub").mkdir(parents=True)
+    for index, task in enumerate(generated):
+        game = Path(str(task.config["game_file"]))
+        target = games / ("sub" if index == 2 else "") / f"game{index}.z8"
+        shutil.copy(game, target)
+        shutil.copy(game.with_suffix(".json"), target.with_suffix(".json"))
+    shutil.copy(Path(str(generated[0].config["game_file"])), games / "orphan.z8")  # no .json beside it
+    (games / "broken.ulx").write_bytes(b"not a game")
+    (games / "broken.json").write_text("{half")
+    (games / "notes.txt").write_text("ignored")
+
+    textworld = EnvConfig(name="textworld", max_steps=5)
+    panel = task_panel(textworld, str(games))
+    assert len(panel) == 3 and all(task.env_id == "textworld" for task in panel)
+    assert sorted(str(task.metadata["source"]) for task in panel) == ["game0.z8", "game1.z8", "sub/game2.z8"]
+    assert [task.instruction for task in sorted(panel, key=lambda t: str(t.metadata["source"]))] == [
+        task.instruction for task in generated
+    ]
+    err = capsys.readouterr().err
+    assert f"tasks: skipped {games / 'orphan.z8'}: no orphan.json beside it" in err
+    assert f"tasks: skipped {games / 'broken.ulx'}: unreadable broken.json" in err
+
+    # dg tasks writes it as a task file a user can read and edit, and every command takes either.
+    task_file = tmp_path / "mine.jsonl"
+    env_args = ["--set", "env.name=textworld", "--set", "env.max_steps=5"]
+    assert main(["tasks", *env_args, "--set", f"tasks={games}", "--output", str(task_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"3 textworld tasks from {games} written to {task_file} (2 skipped, named above)" in out
+    assert read_tasks(task_file) == panel
+    assert main(["tasks", *env_args, "--set", f"tasks={games}", "--output", str(task_file)]) == 2  # never overwritten
+    assert "exists; choose another file" in capsys.readouterr().err
+    digests = []
+    for tasks in (str(games), str(task_file)):
+        output = tmp_path / f"eval-{Path(tasks).name}"
+        eval_args = ["--set", f"tasks={tasks}", "--set", "policy=random", "--set", "seeds=[0]"]
+        assert main(["eval", *env_args, *eval_args, "--output", str(output), "--no-progress"]) == 0
+        metrics = json.loads((output / "metrics.json").read_text())
+        assert metrics["panel_size"] == 3 and 0.0 <= metrics["mean"] <= 1.0
+        digests.append(metrics["tasks_digest"])
+    assert digests[0] == digests[1]  # the folder and its task file are the same panel
+
+    # A folder with nothing playable, and a folder for an env without game folders, are errors naming why.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"holds no playable textworld game \(\.z8 / \.ulx game files .*none found"):
+        task_panel(textworld, str(empty))
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    (only_bad / "x.z8").write_bytes(b"?")
+    with pytest.raises(ConfigError, match=r"1 skipped \(first: .*x\.z8: no x\.json beside it\)"):
+        task_panel(textworld, str(only_bad))
+    with pytest.raises(ConfigError, match=r"game folders are read for env\.name textworld and alfworld"):
+        task_panel(SCRIPTED, str(games))

@@ -6,6 +6,7 @@
     dg train           ...
     dg s2r             ...
     dg eval            ...
+    dg tasks           [--config FILE] [--set KEY=VALUE ...] [--output FILE]   a task panel as an editable task file
     dg demo            [--quick] [--output DIR]
     dg resume DIR      continue (or repeat) the run in DIR with the config it was started with
     dg configs         list the configs shipped with dg (usable by name: --config demo-quick)
@@ -35,6 +36,7 @@ from dg_apps.config import (
     EvalConfig,
     FitConfig,
     S2RConfig,
+    TasksConfig,
     TrainConfig,
     load_config,
 )
@@ -151,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the policy's model: a pretrained short name (smollm2), a .gguf file or a Hugging Face directory, "
         "fine-tuned with LoRA; without --config or --quick the shipped demo-pretrained config (about 40 minutes)",
     )
+    tasks_help = "write a task panel (a split, a task file, a folder of games) as a task file (JSONL) to read and edit"
+    tasks = sub.add_parser("tasks", help=tasks_help, description=tasks_help)
+    tasks.add_argument("--config", help="YAML config file, or the name of a shipped config (see `dg configs`)")
+    tasks.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tasks.add_argument("--output", type=Path, default=Path("tasks.jsonl"), help="the task file (default tasks.jsonl)")
     resume = sub.add_parser("resume", help="continue the run in a directory with its own config")
     resume.add_argument("directory", type=Path)
     resume.add_argument("--no-progress", action="store_true")
@@ -216,7 +223,7 @@ def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> d
 def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Parse ``argv`` and run the command; raises dg errors (``main`` turns them into messages)."""
     args = build_parser().parse_args(argv)
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)
     if args.command == "configs":
         for name, path in shipped_configs().items():
             print(f"{name:28} {path}")
@@ -226,6 +233,11 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
         print("\n".join(list_envs()))
         return None
+    if args.command == "tasks":
+        return write_task_file(
+            load_config(TasksConfig, config_path(args.config) if args.config else None, list(args.overrides)),
+            args.output,
+        )
     if args.command == "resume":
         check_output(args.directory, "dg resume")
         meta = RunDir.read_meta(args.directory)
@@ -246,6 +258,26 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if output is None:
         output = demo_output(args.quick, args.model) if command == "demo" else default_run_dir(command)
     return _execute(command, config, output, progress)
+
+
+def write_task_file(config: TasksConfig, output: Path) -> dict[str, Any]:
+    """``dg tasks``: the panel ``config`` names, written to ``output`` (never over an existing file)."""
+    from dg_apps.tasks import read_game_folder, task_panel, write_tasks
+
+    if output.exists():
+        raise ConfigError(f"--output {output} exists; choose another file (dg tasks never overwrites one)")
+    skipped: dict[str, str] = {}
+    if Path(config.tasks).is_dir():
+        panel, skipped = read_game_folder(config.env, config.tasks)
+    else:
+        panel = task_panel(config.env, config.tasks)
+    write_tasks(output, panel)
+    print(
+        f"dg tasks: {len(panel)} {config.env.name} tasks from {config.tasks} written to {output}"
+        + (f" ({len(skipped)} skipped, named above)" if skipped else "")
+        + f"; use it with --set tasks={output}"
+    )
+    return {"tasks": len(panel), "skipped": skipped, "output": str(output)}
 
 
 def demo_source(config: str | None, quick: bool, model: str | None, overrides: list[str]) -> tuple[str, list[str]]:

@@ -282,6 +282,14 @@ class S2RConfig(Strict):
     on, so the phase may use up to one batch more)."""
 
 
+class TasksConfig(Strict):
+    """``dg tasks``: write a task panel (a split of a suite, a task file, a folder of games) as a task file."""
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    tasks: str = "train"
+    """A split name, a task file or a folder of games (TextWorld game files, ALFWorld game folders)."""
+
+
 class EvalConfig(Strict):
     """``dg eval``: a policy on a panel of real tasks, several seeds."""
 

@@ -1,8 +1,10 @@
 """Task panels and environment factories from an :class:`EnvConfig`.
 
-A panel is a split of a generated suite (TextWorld, ALFWorld-format problems, the scripted corridor) or a
+A panel is a split of a generated suite (TextWorld, ALFWorld-format problems, the scripted corridor), a
 task file a user writes: JSONL, one dg-core ``Task`` per line (``{"id": ..., "env_id": ..., "instruction":
-..., "config": {...}}``).
+..., "config": {...}}``), or a folder of games: TextWorld ``.z8`` / ``.ulx`` games with the ``.json`` that
+``tw-make`` writes beside them, or ALFWorld game folders (``traj_data.json`` + ``game.tw-pddl``). What a folder
+holds that cannot be played is named on stderr with the reason. ``dg tasks`` writes any panel as a task file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,9 @@ from pydantic import ValidationError
 from dg_apps.config import EnvConfig
 from dg_core import ConfigError, DGError, Env, Task, list_envs, make_env
 
-__all__ = ["SPLITS", "TaskFileError", "env_factory", "read_tasks", "task_panel", "write_tasks"]
+__all__ = ["SPLITS", "TaskFileError", "env_factory", "read_game_folder", "read_tasks", "task_panel", "write_tasks"]
+
+GAME_FOLDER_ENVS = ("textworld", "alfworld")
 
 SPLITS = ("train", "validation", "test")
 
@@ -60,6 +65,39 @@ def write_tasks(path: str | Path, tasks: list[Task]) -> Path:
     return path
 
 
+def read_game_folder(env: EnvConfig, folder: str | Path, *, report: bool = True) -> tuple[list[Task], dict[str, str]]:
+    """Tasks for the games in ``folder`` (TextWorld game files or ALFWorld game folders, by ``env.name``), and
+    what was skipped with why (printed to stderr when ``report``); a folder with no playable game is an error."""
+    folder = Path(folder)
+    if env.name == "textworld":
+        from dg_envs.textworld import load_game_folder
+
+        textworld = load_game_folder(folder, split=None)
+        tasks, skipped = textworld.tasks, textworld.skipped
+        wanted = ".z8 / .ulx game files with the .json tw-make writes beside them"
+    elif env.name == "alfworld":
+        from dg_envs.alfworld import load_alfworld_games
+
+        alfworld = load_alfworld_games(folder, split=None)
+        tasks, skipped = alfworld.tasks, alfworld.skipped
+        wanted = "ALFWorld game folders (traj_data.json and game.tw-pddl)"
+    else:
+        raise ConfigError(
+            f"tasks: {folder} is a folder, not a task file; game folders are read for env.name "
+            f"{' and '.join(GAME_FOLDER_ENVS)}, and {env.name!r} takes a task file (JSONL, one dg-core Task per line)"
+        )
+    if report:
+        for path, reason in skipped.items():
+            print(f"tasks: skipped {path}: {reason}", file=sys.stderr)
+    if not tasks:
+        detail = "none found"
+        if skipped:
+            first, why = next(iter(skipped.items()))
+            detail = f"{len(skipped)} skipped (first: {first}: {why})"
+        raise ConfigError(f"tasks: {folder} holds no playable {env.name} game ({wanted}); {detail}")
+    return tasks, skipped
+
+
 def _scripted_split(task_id: str) -> str:
     digest = int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "train" if digest < 0.8 else "validation" if digest < 0.9 else "test"
@@ -82,12 +120,14 @@ def _scripted_tasks(env: EnvConfig) -> list[Task]:
 
 
 def task_panel(env: EnvConfig, tasks: str) -> list[Task]:
-    """The tasks named by ``tasks``: a split of ``env``'s suite, or a task file."""
+    """The tasks named by ``tasks``: a split of ``env``'s suite, a task file, or a folder of games."""
     if tasks not in SPLITS:
         if not (tasks.endswith((".jsonl", ".json")) or Path(tasks).exists()):
-            raise ConfigError(f"tasks: {tasks!r} is neither a split ({', '.join(SPLITS)}) nor a task file")
+            raise ConfigError(
+                f"tasks: {tasks!r} is neither a split ({', '.join(SPLITS)}), a task file nor a folder of games"
+            )
         if Path(tasks).is_dir():
-            raise ConfigError(f"tasks: {tasks} is a folder, not a task file (JSONL, one dg-core Task per line)")
+            return read_game_folder(env, tasks)[0]
         panel = read_tasks(tasks)
         wrong = [task.id for task in panel if task.env_id != env.name]
         if wrong:
