@@ -13,10 +13,10 @@ import math
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dg_core import ConfigError
 
@@ -134,9 +134,27 @@ class CurriculumConfig(Strict):
     variations: int = Field(default=2, ge=1)
 
 
-class SyntheticConfig(Strict):
-    """How the synthetic environment is grounded."""
+ErrorKind = Literal[
+    "wrong_place", "missing_object", "invented_object", "wrong_actions", "premature_done", "missed_done"
+]
+"""The perturbed simulator's transition-error kinds (dg-expmodel's ``TRANSITION_ERRORS``)."""
 
+
+class SyntheticConfig(Strict):
+    """How the synthetic environment is grounded (or, with ``simulator: perturbed``, which errors it injects)."""
+
+    simulator: Literal["expmodel", "perturbed"] = "expmodel"
+    """``expmodel``: the experience model of ``expmodel`` predicts every transition. ``perturbed``: the
+    controlled-error simulator (dg-expmodel's ``PerturbedEnv``, no experience model): the real env is stepped
+    underneath and its transitions are corrupted at rates ``eps_r`` / ``eps_p``; they count as synthetic
+    transitions, and the run's wall time includes the real env's."""
+    eps_r: float = Field(default=0.0, ge=0, le=1)
+    """``perturbed``: probability that a step ending the episode has its outcome misreported (a success scored
+    0, a failure scored 1)."""
+    eps_p: float = Field(default=0.0, ge=0, le=1)
+    """``perturbed``: probability of a transition error on a step one of ``error_kinds`` applies to."""
+    error_kinds: list[ErrorKind] = Field(default_factory=lambda: list(get_args(ErrorKind)), min_length=1)
+    """``perturbed``: the transition-error kinds drawn from (uniformly among those that apply to a step)."""
     top_k: int | None = Field(default=None, ge=0)
     """Retrieved real transitions per step (default: what the experience model was trained with; 0 = no replay)."""
     history_window: int | None = Field(default=None, ge=0)
@@ -147,6 +165,12 @@ class SyntheticConfig(Strict):
     """Add synthetic transitions to the run's replay buffer (they never ground other predictions)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _errors_need_the_perturbed_simulator(self) -> SyntheticConfig:
+        if self.simulator == "expmodel" and (self.eps_r or self.eps_p):
+            raise ValueError("eps_r / eps_p are rates of the perturbed simulator: set synthetic.simulator=perturbed")
+        return self
 
 
 class ExpModelConfig(Strict):

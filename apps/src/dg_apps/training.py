@@ -229,6 +229,42 @@ def _curriculum(config: TrainConfig, tasks: list[Task], generator: Any) -> Any:
     return Curriculum(pool, selection, generator=generator, seed=config.seed)
 
 
+class SimulatorState(Callback):
+    """Keeps the perturbed simulator's random streams, counts and known states in the checkpoint, so a resumed run
+    injects the errors an uninterrupted one would have."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.env.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.env.load_state_dict(state_dict)
+
+
+def _perturbed_env(config: TrainConfig) -> Any:
+    """``synthetic.simulator: perturbed``: the real env underneath, errors injected at ``eps_r`` / ``eps_p``."""
+    from dg_expmodel import PerturbedEnv
+
+    if config.expmodel:
+        raise ConfigError(
+            "expmodel: not used by synthetic.simulator=perturbed (it steps the real env); leave expmodel unset"
+        )
+    if config.curriculum.enabled and config.curriculum.grow_every:
+        raise ConfigError("curriculum.grow_every: task generation needs an LLM experience model; set it to 0")
+    syn = config.synthetic
+    return PerturbedEnv(
+        env_factory(config.env),
+        eps_r=syn.eps_r,
+        eps_p=syn.eps_p,
+        kinds=syn.error_kinds,
+        seed=config.seed,
+        max_steps=syn.max_steps or config.env.max_steps,
+    )
+
+
 # ``algorithm.micro_batch_tokens: null`` scores a batch in one pass for the tiny policies and in groups of this
 # many tokens for anything this large. Measured with SmolLM2-135M (fp32, LoRA, CPU): a whole batch of 16 episodes
 # in one pass grew past 23 GB and was killed; a group costs about 0.5 GB per 100 prompt tokens with gradients.
@@ -259,7 +295,10 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     curriculum: Any = None
     bundle: Any = None
     synthetic = config.where == "synthetic"
-    if synthetic:
+    perturbed = synthetic and config.synthetic.simulator == "perturbed"
+    if perturbed:
+        env: Any = _perturbed_env(config)
+    elif synthetic:
         if not config.expmodel:
             raise ConfigError("expmodel: training in the synthetic environment needs a `dg expmodel fit` run directory")
         from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack
@@ -280,7 +319,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         )
         buffer = bundle.buffer
         top_k = bundle.options.max_retrieved
-        env: Any = BatchedSyntheticEnv(
+        env = BatchedSyntheticEnv(
             bundle.model,
             retriever=ReplayRetriever(buffer) if top_k > 0 else None,
             top_k=top_k,
@@ -352,7 +391,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     trainer = L.Trainer(
         max_steps=algo.steps * algo.updates_per_batch,
         logger=run.loggers(),
-        callbacks=[counters, run_state, checkpoints],
+        callbacks=[counters, run_state, checkpoints, *([SimulatorState(env)] if perturbed else [])],
         enable_progress_bar=progress,
         plugins=plugins,
         **options,
@@ -390,6 +429,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         "last_metrics": {key: float(value) for key, value in trainer.callback_metrics.items()},
         "rollout_history": counters.history,
     }
+    if perturbed:
+        metrics["simulator"] = {"kind": "perturbed", **env.stats.as_dict()}
     if bundle is not None:
         stats = bundle.model.stats
         metrics["expmodel"] = {
@@ -446,6 +487,20 @@ def _summary(config: TrainConfig, metrics: dict[str, Any], run: RunDir) -> str:
     ]
     if "expmodel" in metrics:
         lines.append(f"- experience-model parse failures: {metrics['expmodel']['parse_failure_rate']:.1%}")
+    if "simulator" in metrics:
+        sim = metrics["simulator"]
+        rates = []
+        for name, key, count in (
+            ("eps_R", "reward_rate", "reward_eligible"),
+            ("eps_P", "transition_rate", "transition_eligible"),
+        ):
+            if sim[key] is not None:
+                rates.append(f"{name} {sim[key]:.3f} of {sim[count]}")
+        lines.append(
+            f"- perturbed simulator (real env underneath): eps_R {config.synthetic.eps_r}, "
+            f"eps_P {config.synthetic.eps_p} requested; measured {', '.join(rates) or 'nothing eligible'} "
+            "eligible steps"
+        )
     if "curriculum" in metrics:
         cur = metrics["curriculum"]
         lines.append(f"- curriculum pool {cur['pool_size']} tasks, {cur['generated']} generated")
