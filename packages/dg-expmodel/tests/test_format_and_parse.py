@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dg_core import Action, ExperiencePrediction, ExperienceQuery, RandomPolicy, State, play_episode
+from dg_core import Action, ExperiencePrediction, ExperienceQuery, RandomPolicy, State, Step, play_episode
 from dg_core.testing import ScriptedEnv, ScriptedPolicy, scripted_task
 from dg_expmodel import (
     BINARY_REWARDS,
     FORMAT_VERSION,
     FREE_TEXT,
+    OPTIONAL_TAGS,
     PARSE_ERRORS,
     RESPONSE_TAGS,
     Completion,
@@ -19,6 +20,7 @@ from dg_expmodel import (
     PromptOptions,
     RuleBasedAnnotator,
     build_messages,
+    examples_from_trajectories,
     failure_prediction,
     parse_response,
     render_prompt,
@@ -291,3 +293,129 @@ def test_failure_prediction_keeps_the_state() -> None:
     failure = failure_prediction(query, "unparseable output", raw="garbage")
     assert failure.next_state == state and failure.reward == 0.0 and not failure.done
     assert not failure.parse_ok and failure.raw == "garbage" and failure.info == {"failure": "unparseable output"}
+
+
+def test_a_prefilled_answer_is_completed_and_a_restarted_one_is_not_doubled() -> None:
+    """The model continues after the prefilled ``<reasoning>``; a server that ignored the prefill and answered a
+    new turn wrote the opening itself (then it is taken as it is)."""
+    query = ExperienceQuery(task=scripted_task("r"), state=State(text="s"), action=Action(text="look"))
+    continuation = VALID.removeprefix("<reasoning>")
+    model = LLMExperienceModel(_CannedBackend([continuation, VALID]), retries=0)
+    assert str(model.prompt(query)).endswith("# Prediction\n<reasoning>")
+    (continued,) = model.predict([query])
+    (restarted,) = model.predict([query])
+    assert continued.parse_ok and restarted.parse_ok and continued.next_state == restarted.next_state
+    unprefilled = LLMExperienceModel(_CannedBackend([continuation]), retries=0, prefill=False)
+    (broken,) = unprefilled.predict([query])
+    assert not broken.parse_ok  # without the prefill the continuation alone is not an answer
+
+
+# Issue 20, item 3: irreversible actions survive into the format (version 2) and the predicted states.
+
+SHOP = State(
+    text="Red Mug, $8.50. A review by Sam.",
+    available_actions=("click[buy now]", "click[delete review]", "click[back]"),
+    irreversible_actions=("click[buy now]", "click[delete review]"),
+)
+TAGGED = VALID.replace(
+    "<reward>0</reward>",
+    "<irreversible_actions>\ngo north\n</irreversible_actions>\n<reward>0</reward>",
+)
+
+
+def _shop_step() -> Step:
+    start = State(text="All products: Red Mug.", available_actions=("click[red mug]", "click[home]"))
+    return Step(
+        state=start, action=Action(text="click[red mug]"), next_state=SHOP, reward=0.0, done=False, step_index=0
+    )
+
+
+def test_format_version_2_writes_irreversible_actions_only_where_there_are_some() -> None:
+    assert FORMAT_VERSION == 2
+    assert RESPONSE_TAGS.index("irreversible_actions") == RESPONSE_TAGS.index("available_actions") + 1
+    assert frozenset({"irreversible_actions"}) == OPTIONAL_TAGS
+    step = _shop_step()
+    response = render_response(target_of(step, "The link opens the product page."))
+    assert "<irreversible_actions>\nclick[buy now]\nclick[delete review]\n</irreversible_actions>\n<reward>" in response
+    parsed = parse_response(response).prediction
+    assert parsed is not None and parsed.next_state == State(
+        text=SHOP.text, available_actions=SHOP.available_actions, irreversible_actions=SHOP.irreversible_actions
+    )
+    untagged = step.model_copy(update={"next_state": State(text="Home.", available_actions=("click[x]",))})
+    assert "irreversible" not in render_response(target_of(untagged, "why"))
+
+
+def test_a_version_1_response_reads_as_no_irreversible_actions() -> None:
+    prediction = parse_response(VALID).prediction
+    assert prediction is not None and prediction.next_state.irreversible_actions == ()
+    tagged = parse_response(TAGGED).prediction
+    assert tagged is not None and tagged.next_state.irreversible_actions == ("go north",)
+    empty = parse_response(TAGGED.replace("\ngo north\n</irr", "\n</irr")).prediction
+    assert empty is not None and empty.next_state.irreversible_actions == ()
+
+
+def test_irreversible_actions_must_be_available() -> None:
+    result = parse_response(TAGGED.replace("\ngo north\n</irr", "\nbuy now\n</irr"))
+    assert (result.ok, result.error) == (False, "irreversible_not_available")
+    assert "'buy now'" in result.detail
+    twice = parse_response(TAGGED.replace("\ngo north\n</irr", "\ngo north\ngo north\n</irr"))
+    assert twice.error == "duplicate_action" and "irreversible" in twice.detail
+    free = parse_response(TAGGED.replace("go north\nlook\n</available", f"{FREE_TEXT}\n</available"))
+    assert free.prediction is not None  # an open action space: any action may be irreversible
+    assert free.prediction.next_state.available_actions is None
+    assert free.prediction.next_state.irreversible_actions == ("go north",)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            TAGGED.replace("<available_actions>\ngo north\nlook\n</available_actions>\n", "").replace(
+                "<reward>", "<available_actions>\ngo north\n</available_actions>\n<reward>"
+            ),
+            "out_of_order",
+        ),
+        (
+            TAGGED.replace("<done>false</done>", "<irreversible_actions>\n</irreversible_actions>\n<done>false</done>"),
+            "duplicate_tag",
+        ),
+        (
+            VALID.replace("<done>false</done>", "<irreversible_actions>\n</irreversible_actions>\n<done>false</done>"),
+            "out_of_order",
+        ),
+        (TAGGED.replace("\ngo north\n</irr", "\ngo north</reward>\n</irr"), "stray_tag"),
+        (TAGGED.replace("</available_actions>\n", "</available_actions>\nnote\n"), "stray_text"),
+        (TAGGED.replace("</irreversible_actions>", ""), "missing_tag"),
+    ],
+)
+def test_a_misplaced_irreversible_field_is_a_named_failure(text: str, error: str) -> None:
+    result = parse_response(text)
+    assert (result.ok, result.error) == (False, error), result.detail
+
+
+def test_prompts_show_irreversible_actions_of_shown_states() -> None:
+    step = _shop_step()
+    query = ExperienceQuery(
+        task=scripted_task("shop"), state=SHOP, action=Action(text="click[back]"), retrieved=(step,)
+    )
+    prompt = render_prompt(query)
+    assert prompt.startswith("[dg-expmodel v2]\n")
+    shown = "Irreversible actions: click[buy now] | click[delete review]"
+    assert prompt.count(shown) == 2  # the retrieved next state and the current state
+    assert prompt.index(shown) > prompt.index("Next state: Red Mug")
+    assert "Irreversible" not in render_prompt(query, PromptOptions(include_available_actions=False))
+    untagged = ExperienceQuery(
+        task=scripted_task("t"), state=State(text="s", available_actions=("a",)), action=Action(text="a")
+    )
+    assert "Irreversible" not in render_prompt(untagged)
+
+
+def test_sft_targets_carry_irreversible_actions() -> None:
+    from dg_core import Trajectory
+
+    step = _shop_step()
+    trajectory = Trajectory(id="e", task=scripted_task("shop"), steps=(step,), success=False, return_=0.0)
+    (example,) = examples_from_trajectories([trajectory], RuleBasedAnnotator())
+    assert "<irreversible_actions>\nclick[buy now]\nclick[delete review]\n</irreversible_actions>" in example.response
+    parsed = parse_response(example.response).prediction
+    assert parsed is not None and parsed.next_state.irreversible_actions == SHOP.irreversible_actions

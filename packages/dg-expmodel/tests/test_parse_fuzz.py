@@ -1,10 +1,13 @@
-"""Fuzzing the response parser with 10,000 generated responses (issue 21, item 6).
+"""Fuzzing the response parser with 10,000 generated responses (issue 21, item 6; irreversible actions: issue 20).
 
 Every response is built from known parts, so the test knows what the parser must do: a clean response is
 accepted with exactly its values, and one with a fault (a format tag inside a field, a reward outside [0, 1]
-or not a finite number, a bad ``done``, a missing / swapped field, text between fields, a duplicated action)
-is rejected with a reason code. Text after ``</done>`` never matters, tags included. Whatever happens, no
-accepted prediction carries a reward outside the range or a tag inside a field.
+or not a finite number, a bad ``done``, a missing / swapped field, text between fields, a duplicated action,
+an irreversible action that is not available) is rejected with a reason code. The optional
+``irreversible_actions`` field is present in about a third of the responses; leaving it out is no fault (it
+then reads as none). Text after ``</done>`` never matters, tags included. Whatever happens, no accepted
+prediction carries a reward outside the range, a tag inside a field, or an irreversible action its state does
+not offer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dg_expmodel import PARSE_ERRORS, RESPONSE_TAGS, parse_response
+from dg_expmodel import FREE_TEXT, OPTIONAL_TAGS, PARSE_ERRORS, RESPONSE_TAGS, parse_response
 
 TAGS = tuple(f"<{tag}>" for tag in RESPONSE_TAGS) + tuple(f"</{tag}>" for tag in RESPONSE_TAGS)
 LOW, HIGH = 0.0, 1.0
@@ -26,6 +29,7 @@ LOW, HIGH = 0.0, 1.0
 _WORDS = ("the", "door", "is", "open", "a < b", "x > y", "</", "<", ">", "/>", "reward", "done", "1", "é", "✓")
 _WORDS += ("<next_state", "next_state>", "</done", "<reward >", "<Reward>", "<done/>", "&lt;done&gt;")
 _ACTIONS = ("go north", "go south", "look", "take coin", "open door", "inventory", "say <hello>")
+_NOT_OFFERED = ("buy now", "delete review", "submit")  # never among the available actions drawn
 
 # (text, parsed value or None when the reward must be rejected)
 _REWARDS: tuple[tuple[str, float | None], ...] = (
@@ -79,9 +83,10 @@ _TRAILING = (
 class Expected:
     reasoning: str
     next_state: str
-    actions: tuple[str, ...]
+    actions: tuple[str, ...] | None
     reward: float
     done: bool
+    irreversible: tuple[str, ...]
 
 
 def _float_reward(value: float) -> tuple[str, float | None]:
@@ -101,16 +106,36 @@ def _with_tag(rng: random.Random, content: str, tags: tuple[str, ...] = TAGS) ->
     return content[:at] + rng.choice(tags) + content[at:], True
 
 
+def _irreversible(rng: random.Random, actions: tuple[str, ...] | None) -> tuple[list[str], bool]:
+    """Lines of an irreversible-actions field for a state offering ``actions``, and whether they are a fault."""
+    offered = list(actions) if actions is not None else list(_ACTIONS)  # free text: any action may be irreversible
+    lines = rng.sample(offered, rng.randint(0, min(2, len(offered))))
+    fault = False
+    if rng.random() < 0.08:
+        lines.insert(rng.randint(0, len(lines)), rng.choice(_NOT_OFFERED))
+        fault = actions is not None
+    if lines and rng.random() < 0.04:
+        lines.append(lines[0])  # listed twice
+        fault = True
+    return lines, fault
+
+
 def random_response(rng: random.Random) -> tuple[str, Expected | None]:
     """A response text, and what the parser must read from it (``None``: it must be rejected)."""
     reasoning = _text(rng, 0)
     next_state = rng.choice(["", " \n "]) if rng.random() < 0.04 else _text(rng, 1)
-    actions = tuple(rng.sample(_ACTIONS, rng.randint(0, 4)))
-    action_lines = list(actions)
-    fault = False
-    if actions and rng.random() < 0.04:
-        action_lines.append(actions[0])  # listed twice
-        fault = True
+    faults: dict[str, bool] = dict.fromkeys(RESPONSE_TAGS, False)  # a fault of each field's own content
+    actions: tuple[str, ...] | None
+    if rng.random() < 0.05:
+        actions, action_lines = None, [FREE_TEXT]
+    else:
+        actions = tuple(rng.sample(_ACTIONS, rng.randint(0, 4)))
+        action_lines = list(actions)
+        if actions and rng.random() < 0.04:
+            action_lines.append(actions[0])  # listed twice
+            faults["available_actions"] = True
+    has_irreversible = rng.random() < 0.35
+    irreversible_lines, faults["irreversible_actions"] = _irreversible(rng, actions)
     if rng.random() < 0.75:
         reward_text, reward = rng.choice(_REWARDS[:9] * 2 + _REWARDS)
     else:
@@ -120,20 +145,26 @@ def random_response(rng: random.Random) -> tuple[str, Expected | None]:
         "reasoning": _with_tag(rng, reasoning),
         "next_state": _with_tag(rng, next_state),
         "available_actions": _with_tag(rng, "\n" + "\n".join(action_lines) + "\n"),
+        "irreversible_actions": _with_tag(rng, "\n" + "\n".join(irreversible_lines) + "\n"),
         "reward": _with_tag(rng, reward_text),
         # A </done> put inside the done field would only close it early: leave it out.
         "done": _with_tag(rng, done_text, tuple(t for t in TAGS if t != "</done>")),
     }
-    fault |= any(tagged for _, tagged in contents.values())
-    fault |= not next_state.strip() or reward is None or done is None
-    parts = [f"<{tag}>{contents[tag][0]}</{tag}>" for tag in RESPONSE_TAGS]
+    faults["next_state"] = not next_state.strip()
+    faults["reward"] = reward is None
+    faults["done"] = done is None
+    tags = [tag for tag in RESPONSE_TAGS if tag not in OPTIONAL_TAGS or has_irreversible]
+    fault = False
     if rng.random() < 0.06:
-        index = rng.randint(0, len(parts) - 2)
+        index = rng.randint(0, len(tags) - 2)
         if rng.random() < 0.5:
-            del parts[index]
+            fault = tags[index] not in OPTIONAL_TAGS  # an optional field may be left out
+            del tags[index]
         else:
-            parts[index], parts[index + 1] = parts[index + 1], parts[index]
-        fault = True
+            tags[index], tags[index + 1] = tags[index + 1], tags[index]
+            fault = True
+    fault |= any(contents[tag][1] or faults[tag] for tag in tags)
+    parts = [f"<{tag}>{contents[tag][0]}</{tag}>" for tag in tags]
     separators = ["", *(rng.choice(["\n"] * 30 + ["", " ", "\n\n", " stray "]) for _ in parts[1:])]
     prefix = rng.choice(["", "", "", "\n", "  "] * 10 + ["Sure! "])
     fault |= any(part.strip() for part in [prefix, *separators])
@@ -141,7 +172,8 @@ def random_response(rng: random.Random) -> tuple[str, Expected | None]:
     if fault:
         return text, None
     assert reward is not None and done is not None
-    return text, Expected(reasoning.strip(), next_state.strip(), actions, reward, done)
+    irreversible = tuple(irreversible_lines) if "irreversible_actions" in tags else ()
+    return text, Expected(reasoning.strip(), next_state.strip(), actions, reward, done, irreversible)
 
 
 def check(text: str, expected: Expected | None) -> str:
@@ -152,13 +184,17 @@ def check(text: str, expected: Expected | None) -> str:
         assert result.error in PARSE_ERRORS and result.detail
         assert expected is None, f"rejected a clean response ({result.error}: {result.detail}): {text!r}"
         return result.error
-    fields = [prediction.reasoning, prediction.next_state.text, *(prediction.next_state.available_actions or ())]
+    state = prediction.next_state
+    fields = [prediction.reasoning, state.text, *(state.available_actions or ()), *state.irreversible_actions]
     assert not [tag for tag in TAGS for field in fields if tag in field], f"a tag inside a field: {text!r}"
     assert math.isfinite(prediction.reward) and LOW <= prediction.reward <= HIGH, f"reward out of range: {text!r}"
+    offered = state.available_actions
+    assert offered is None or set(state.irreversible_actions) <= set(offered), f"irreversible not offered: {text!r}"
     assert expected is not None, f"accepted a faulty response: {text!r}"
     assert prediction.reasoning == expected.reasoning, text
     assert prediction.next_state.text == expected.next_state, text
     assert prediction.next_state.available_actions == expected.actions, text
+    assert prediction.next_state.irreversible_actions == expected.irreversible, text
     assert (prediction.reward, prediction.done) == (expected.reward, expected.done), text
     return "accepted"
 

@@ -1,16 +1,25 @@
-"""The versioned prompt / response format of the experience model (format version 1).
+"""The versioned prompt / response format of the experience model (format version 2).
 
 The prompt holds, in this order, the task instruction, the top-k retrieved real transitions, the last
-H steps of the episode, the current abstract state and the agent's action. The response is five
-tagged fields, each exactly once and in this order::
+H steps of the episode, the current abstract state and the agent's action. Where a shown state has
+irreversible actions (purchase, delete, submit), an ``Irreversible actions:`` line follows its available
+actions. The response is tagged fields in this order, each at most once::
 
     <reasoning>why the environment answers as it does</reasoning>
     <next_state>the next abstract state text</next_state>
     <available_actions>
     one action per line (empty for none; the single line *free text* for an open action space)
     </available_actions>
+    <irreversible_actions>
+    the next state's irreversible actions, one per line (each one of its available actions)
+    </irreversible_actions>
     <reward>0</reward>
     <done>false</done>
+
+Every field is required except ``irreversible_actions`` (:data:`OPTIONAL_TAGS`): it is written only when the
+next state has irreversible actions, and a response without it means none. Version 2 added it (and the
+prompt's ``Irreversible actions:`` lines); a version-1 response is a valid version-2 response without it, and
+for states without irreversible actions only the prompt's version line differs.
 
 Tags rather than JSON: small models learn them quickly, and a broken field is located exactly.
 Instruct models receive the same content through their chat template (:func:`build_messages`);
@@ -25,14 +34,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dg_core import ExperiencePrediction, ExperienceQuery, State, Step
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the prompt / response format."""
 
 FREE_TEXT = "*free text*"
 """The available-actions line that stands for an open action space (``available_actions is None``)."""
 
-RESPONSE_TAGS = ("reasoning", "next_state", "available_actions", "reward", "done")
+RESPONSE_TAGS = ("reasoning", "next_state", "available_actions", "irreversible_actions", "reward", "done")
 """The response fields, in the order they must appear."""
+
+OPTIONAL_TAGS = frozenset({"irreversible_actions"})
+"""Response fields that may be left out (an absent ``irreversible_actions`` means none)."""
 
 EMPTY_REASONING = "<reasoning></reasoning>\n"
 """What the no-reasoning ablation puts where the reasoning would be."""
@@ -67,10 +79,17 @@ def _actions_line(state: State) -> str:
     return " | ".join(state.available_actions) if state.available_actions else "(none)"
 
 
+def _action_lines(state: State) -> list[str]:
+    lines = [f"Available actions: {_actions_line(state)}"]
+    if state.irreversible_actions:
+        lines.append(f"Irreversible actions: {' | '.join(state.irreversible_actions)}")
+    return lines
+
+
 def _state_block(label: str, state: State, options: PromptOptions) -> list[str]:
     lines = [f"{label}: {state.text}"]
     if options.include_available_actions:
-        lines.append(f"Available actions: {_actions_line(state)}")
+        lines.extend(_action_lines(state))
     return lines
 
 
@@ -108,7 +127,7 @@ def render_prompt_body(query: ExperienceQuery, options: PromptOptions | None = N
     lines.append("# Current state")
     lines.append(query.state.text)
     if options.include_available_actions:
-        lines.append(f"Available actions: {_actions_line(query.state)}")
+        lines.extend(_action_lines(query.state))
     lines.append("# Action")
     lines.append(query.action.text)
     return "\n".join(lines)
@@ -131,20 +150,28 @@ def build_messages(query: ExperienceQuery, options: PromptOptions | None = None)
 
 
 def render_response(prediction: ExperiencePrediction) -> str:
-    """The target text for a prediction (what the model should write)."""
+    """The target text for a prediction (what the model should write); the irreversible-actions field only
+    when the next state has irreversible actions."""
     state = prediction.next_state
     actions = FREE_TEXT if state.available_actions is None else "\n".join(state.available_actions)
+    irreversible = ""
+    if state.irreversible_actions:
+        irreversible = (
+            "<irreversible_actions>\n" + "\n".join(state.irreversible_actions) + "\n</irreversible_actions>\n"
+        )
     return (
         f"<reasoning>{prediction.reasoning}</reasoning>\n"
         f"<next_state>{state.text}</next_state>\n"
         f"<available_actions>\n{actions}\n</available_actions>\n"
+        f"{irreversible}"
         f"<reward>{format_reward(prediction.reward)}</reward>\n"
         f"<done>{'true' if prediction.done else 'false'}</done>"
     )
 
 
 def target_of(step: Step, reasoning: str) -> ExperiencePrediction:
-    """The training target for a real transition, with the reasoning an annotator wrote for it."""
+    """The training target for a real transition, with the reasoning an annotator wrote for it (the next state's
+    text, available and irreversible actions; its ``info`` is not predicted)."""
     return ExperiencePrediction(
         reasoning=reasoning,
         next_state=State(

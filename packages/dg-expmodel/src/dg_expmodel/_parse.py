@@ -4,11 +4,14 @@
 the reason codes in :data:`PARSE_ERRORS`; callers retry or substitute :func:`failure_prediction`
 (the unchanged state, reward 0), and count the failure.
 
-Only the first complete response counts: the five fields are read in order, and whatever follows the
-first ``</done>`` that closes the ``done`` field is ignored, tags included (models keep talking). A field
-that holds any of the format's tags (its own or another field's, opening or closing) is rejected as
-``stray_tag`` rather than read with the tag inside it, and a reward outside the environment's range is
-rejected as ``reward_out_of_range``, so an accepted prediction always has a finite reward in range.
+Only the first complete response counts: the fields are read in order (the optional
+``irreversible_actions`` field where it stands, or none), and whatever follows the first ``</done>`` that
+closes the ``done`` field is ignored, tags included (models keep talking). A field that holds any of the
+format's tags (its own or another field's, opening or closing) is rejected as ``stray_tag`` rather than read
+with the tag inside it, a reward outside the environment's range is rejected as ``reward_out_of_range``, and
+an irreversible action that is not among the next state's available actions as
+``irreversible_not_available``, so an accepted prediction always has a finite reward in range and irreversible
+actions the state offers.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from dg_core import ExperiencePrediction, ExperienceQuery, State
-from dg_expmodel._format import FREE_TEXT, RESPONSE_TAGS
+from dg_expmodel._format import FREE_TEXT, OPTIONAL_TAGS, RESPONSE_TAGS
 
 PARSE_ERRORS = (
     "missing_tag",
@@ -28,6 +31,7 @@ PARSE_ERRORS = (
     "stray_tag",
     "empty_next_state",
     "duplicate_action",
+    "irreversible_not_available",
     "bad_reward",
     "reward_out_of_range",
     "bad_done",
@@ -108,17 +112,21 @@ def _unexpected_tag(found: re.Match[str], tag: str, text: str, position: int, re
     if f"<{tag}>" not in text[position:]:
         return _fail("missing_tag", f"no <{tag}> field (found {mark} where it should open)")
     if mark in _OPENINGS:
-        return _fail("out_of_order", f"<{other}> comes before <{tag}>; order: {', '.join(RESPONSE_TAGS)}")
+        order = ", ".join(f"{name} (optional)" if name in OPTIONAL_TAGS else name for name in RESPONSE_TAGS)
+        return _fail("out_of_order", f"<{other}> comes before <{tag}>; order: {order}")
     return _fail("stray_tag", f"{mark} stands where <{tag}> should open")
 
 
 def _fields(text: str) -> dict[str, str] | ParseResult:
-    """The five fields of the first complete response in ``text``; what follows its ``</done>`` is ignored."""
+    """The fields of the first complete response in ``text`` (an optional field left out is absent from the
+    result); what follows its ``</done>`` is ignored."""
     fields: dict[str, str] = {}
     position = 0
     for tag in RESPONSE_TAGS:
         opening, closing = f"<{tag}>", f"</{tag}>"
         found = _ANY_TAG.search(text, position)
+        if tag in OPTIONAL_TAGS and (found is None or found.group() != opening):
+            continue  # left out: whatever stands here is judged as the start of the next field
         if found is None:
             return _fail("missing_tag", f"no <{tag}> field")
         if found.group() != opening:
@@ -138,14 +146,35 @@ def _fields(text: str) -> dict[str, str] | ParseResult:
     return fields
 
 
-def _available_actions(raw: str) -> tuple[str, ...] | ParseResult | None:
-    lines = [line.strip() for line in raw.split("\n")]
-    actions = [line for line in lines if line]
-    if actions == [FREE_TEXT]:
-        return None
+def _action_list(raw: str, what: str) -> list[str] | ParseResult:
+    actions = [line.strip() for line in raw.split("\n") if line.strip()]
     if len(set(actions)) != len(actions):
         duplicate = next(a for a in actions if actions.count(a) > 1)
-        return _fail("duplicate_action", f"available action {duplicate!r} is listed twice")
+        return _fail("duplicate_action", f"{what} action {duplicate!r} is listed twice")
+    return actions
+
+
+def _available_actions(raw: str) -> tuple[str, ...] | ParseResult | None:
+    actions = _action_list(raw, "available")
+    if isinstance(actions, ParseResult):
+        return actions
+    if actions == [FREE_TEXT]:
+        return None
+    return tuple(actions)
+
+
+def _irreversible_actions(raw: str, available: tuple[str, ...] | None) -> tuple[str, ...] | ParseResult:
+    """The irreversible actions, each one of ``available`` (any action, when the action space is free text)."""
+    actions = _action_list(raw, "irreversible")
+    if isinstance(actions, ParseResult):
+        return actions
+    if available is not None:
+        offered = set(available)
+        unknown = [action for action in actions if action not in offered]
+        if unknown:
+            return _fail(
+                "irreversible_not_available", f"irreversible action {unknown[0][:60]!r} is not an available action"
+            )
     return tuple(actions)
 
 
@@ -171,6 +200,9 @@ def parse_response(text: str, *, reward_range: RewardRange = DEFAULT_REWARD_RANG
     actions = _available_actions(fields["available_actions"])
     if isinstance(actions, ParseResult):
         return actions
+    irreversible = _irreversible_actions(fields.get("irreversible_actions", ""), actions)
+    if isinstance(irreversible, ParseResult):
+        return irreversible
     reward_text = fields["reward"].strip()
     if not _NUMBER.fullmatch(reward_text) or not math.isfinite(float(reward_text)):
         return _fail("bad_reward", f"reward {reward_text[:20]!r} is not a finite number")
@@ -183,7 +215,7 @@ def parse_response(text: str, *, reward_range: RewardRange = DEFAULT_REWARD_RANG
         return _fail("bad_done", f"done {done_text[:20]!r} is neither true nor false")
     prediction = ExperiencePrediction(
         reasoning=fields["reasoning"].strip(),
-        next_state=State(text=next_text, available_actions=actions),
+        next_state=State(text=next_text, available_actions=actions, irreversible_actions=irreversible),
         reward=reward,
         done=done_text == _TRUE,
         raw=text,
