@@ -74,7 +74,10 @@ from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
 from dg_expmodel._synthetic import (
     INITIAL_STATE_KEY,
+    IRREVERSIBLE_MODES,
     BatchedSyntheticEnv,
+    IrreversibleMode,
+    IrreversibleStats,
     SyntheticEnv,
     initial_state_from_metadata,
     with_initial_state,
@@ -101,6 +104,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FREE_TEXT",
     "INITIAL_STATE_KEY",
+    "IRREVERSIBLE_MODES",
     "OPTIONAL_TAGS",
     "PARSE_ERRORS",
     "REJECT_REASONS",
@@ -122,6 +126,8 @@ __all__ = [
     "ExperienceModelStats",
     "FitResult",
     "GenerationBackend",
+    "IrreversibleMode",
+    "IrreversibleStats",
     "LLMAnnotator",
     "LLMExperienceModel",
     "LoraSettings",

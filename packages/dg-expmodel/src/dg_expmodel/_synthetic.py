@@ -6,11 +6,28 @@ outside the available set gets the failure state with reward 0 without calling t
 truncates, every step is recorded with the model's reasoning. New synthetic transitions are handed to
 ``write_back`` (for instance a replay buffer's ``add``). The real environment is never needed at run time:
 initial states come with the tasks.
+
+Irreversible actions (those the current state tags in ``State.irreversible_actions``: purchase, delete,
+submit) can be made costly in the synthetic env, so that a policy trained in it learns to avoid the ones that
+do not accomplish the task (``irreversible=``, :data:`IRREVERSIBLE_MODES`):
+
+- ``allow`` (default): the experience model's answer as it is;
+- ``penalize``: an irreversible step that does not succeed (the prediction is not a success) loses
+  ``irreversible_penalty`` from its reward (the reward may go below 0); a successful one (the purchase the task
+  asks for) keeps its reward;
+- ``end``: an irreversible step ends the episode (not a success unless the model predicted one), since what a
+  simulator says after an action that cannot be undone is least to be trusted.
+
+Every irreversible step records ``info["irreversible"]`` (the mode applied) and is counted in
+:attr:`~BatchedSyntheticEnv.irreversible_stats`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 from dg_core import (
     Action,
@@ -36,6 +53,12 @@ WriteBack = Callable[[Task, Sequence[Step]], object]
 InitialState = Callable[[Task, int | None], State]
 """Gives the initial abstract state of a task."""
 
+IrreversibleMode = Literal["allow", "penalize", "end"]
+"""What the synthetic env does when the agent takes an irreversible action (see the module docstring)."""
+
+IRREVERSIBLE_MODES: tuple[IrreversibleMode, ...] = ("allow", "penalize", "end")
+"""The values of ``irreversible=``."""
+
 INITIAL_STATE_KEY = "initial_state"
 """Key of ``Task.metadata`` holding the initial state (a serialised :class:`~dg_core.State`)."""
 
@@ -57,6 +80,33 @@ def with_initial_state(task: Task, state: State) -> Task:
     return Task.model_validate({**task.model_dump(), "metadata": metadata})
 
 
+@dataclass
+class IrreversibleStats:
+    """Irreversible actions taken in a synthetic env, and what its ``irreversible`` mode did with them."""
+
+    steps: int = 0
+    """Steps whose action was one of the state's irreversible actions."""
+    succeeded: int = 0
+    """Of those, steps the experience model scored a success (never penalised)."""
+    penalized: int = 0
+    """Steps whose reward lost the penalty (``penalize``)."""
+    ended: int = 0
+    """Episodes ended by an irreversible step the model did not end (``end``)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """For metrics files."""
+        return asdict(self)
+
+
+def check_irreversible(mode: str, penalty: float) -> tuple[IrreversibleMode, float]:
+    """``(mode, penalty)`` if valid; raises :class:`~dg_core.ConfigError` naming the accepted values if not."""
+    if mode not in IRREVERSIBLE_MODES:
+        raise ConfigError(f"irreversible must be one of {list(IRREVERSIBLE_MODES)}, got {mode!r}")
+    if not (isinstance(penalty, int | float) and math.isfinite(penalty) and penalty >= 0):
+        raise ConfigError(f"irreversible_penalty must be a finite number >= 0, got {penalty!r}")
+    return mode, float(penalty)
+
+
 class _SyntheticCore:
     """What the single and batched forms share: building queries and turning predictions into results."""
 
@@ -69,9 +119,13 @@ class _SyntheticCore:
         history_window: int,
         write_back: WriteBack | None,
         initial_state: InitialState | None,
+        irreversible: IrreversibleMode = "allow",
+        irreversible_penalty: float = 1.0,
     ) -> None:
         if top_k < 0 or history_window < 0:
             raise ConfigError("top_k and history_window must be >= 0")
+        self.irreversible, self.irreversible_penalty = check_irreversible(irreversible, irreversible_penalty)
+        self.irreversible_stats = IrreversibleStats()
         self.model = model
         self.retriever = retriever
         self.top_k = top_k
@@ -104,22 +158,46 @@ class _SyntheticCore:
             raise ConfigError(
                 f"the experience model returned {len(predictions)} predictions for {len(queries)} queries"
             )
-        return [self._result(p) for p in predictions]
+        return [
+            self._result(p, q.action.text in q.state.irreversible_actions)
+            for p, q in zip(predictions, queries, strict=True)
+        ]
 
-    def _result(self, prediction: ExperiencePrediction) -> StepResult:
+    def _result(self, prediction: ExperiencePrediction, irreversible: bool) -> StepResult:
         if not prediction.parse_ok:
             self.parse_failures += 1
         info: dict[str, object] = {"parse_ok": prediction.parse_ok}
         if "failure" in prediction.info:
             info["failure"] = prediction.info["failure"]
+        reward, done, success = prediction.reward, prediction.done, prediction.success
+        if irreversible:
+            reward, done, success = self._irreversible_step(prediction)
+            info["irreversible"] = self.irreversible
         return StepResult(
             state=prediction.next_state,
-            reward=prediction.reward,
-            done=prediction.done,
-            success=prediction.success,
+            reward=reward,
+            done=done,
+            success=success,
             reasoning=prediction.reasoning or None,
             info=info,
         )
+
+    def _irreversible_step(self, prediction: ExperiencePrediction) -> tuple[float, bool, bool | None]:
+        """Reward, done and success of an irreversible step under the env's mode."""
+        stats = self.irreversible_stats
+        stats.steps += 1
+        succeeded = prediction.success if prediction.success is not None else prediction.done and prediction.reward > 0
+        if succeeded:
+            stats.succeeded += 1
+            return prediction.reward, prediction.done, prediction.success
+        if self.irreversible == "penalize":
+            stats.penalized += 1
+            # success stays explicit: a penalised reward must not be read as an outcome
+            return prediction.reward - self.irreversible_penalty, prediction.done, False if prediction.done else None
+        if self.irreversible == "end" and not prediction.done:
+            stats.ended += 1
+            return prediction.reward, True, False
+        return prediction.reward, prediction.done, prediction.success
 
     def flush(self, produced: Sequence[tuple[Task, Step]]) -> None:
         if self.write_back is None:
@@ -150,6 +228,9 @@ class BatchedSyntheticEnv(BatchedEnv):
         initial_state: Gives a task's initial state (default: ``task.metadata["initial_state"]``).
         env_ids: Real environments whose tasks this env accepts (default: any).
         max_steps: Per-episode step limit.
+        irreversible: What an irreversible action of the current state does: ``allow``, ``penalize`` or ``end``
+            (see the module docstring).
+        irreversible_penalty: What ``penalize`` takes from the reward of an irreversible step that does not succeed.
     """
 
     source = Source.SYNTHETIC
@@ -165,6 +246,8 @@ class BatchedSyntheticEnv(BatchedEnv):
         initial_state: InitialState | None = None,
         env_ids: Sequence[str] | None = None,
         max_steps: int | None = 30,
+        irreversible: IrreversibleMode = "allow",
+        irreversible_penalty: float = 1.0,
     ) -> None:
         super().__init__(max_steps=max_steps)
         self.core = _SyntheticCore(
@@ -174,6 +257,8 @@ class BatchedSyntheticEnv(BatchedEnv):
             history_window=history_window,
             write_back=write_back,
             initial_state=initial_state,
+            irreversible=irreversible,
+            irreversible_penalty=irreversible_penalty,
         )
         self.env_ids = tuple(env_ids) if env_ids is not None else None
 
@@ -208,6 +293,11 @@ class BatchedSyntheticEnv(BatchedEnv):
         """Failure placeholders (unparseable answers) not handed to ``write_back``."""
         return self.core.placeholders_withheld
 
+    @property
+    def irreversible_stats(self) -> IrreversibleStats:
+        """Irreversible actions taken so far, and what the ``irreversible`` mode did with them."""
+        return self.core.irreversible_stats
+
 
 class SyntheticEnv(Env):
     """A single synthetic episode at a time (same arguments as :class:`BatchedSyntheticEnv`)."""
@@ -225,6 +315,8 @@ class SyntheticEnv(Env):
         initial_state: InitialState | None = None,
         env_ids: Sequence[str] | None = None,
         max_steps: int | None = 30,
+        irreversible: IrreversibleMode = "allow",
+        irreversible_penalty: float = 1.0,
     ) -> None:
         super().__init__(max_steps=max_steps)
         self.core = _SyntheticCore(
@@ -234,6 +326,8 @@ class SyntheticEnv(Env):
             history_window=history_window,
             write_back=write_back,
             initial_state=initial_state,
+            irreversible=irreversible,
+            irreversible_penalty=irreversible_penalty,
         )
         self.env_ids = tuple(env_ids) if env_ids is not None else None
 
@@ -263,6 +357,11 @@ class SyntheticEnv(Env):
     def placeholders_withheld(self) -> int:
         """Failure placeholders (unparseable answers) not handed to ``write_back``."""
         return self.core.placeholders_withheld
+
+    @property
+    def irreversible_stats(self) -> IrreversibleStats:
+        """Irreversible actions taken so far, and what the ``irreversible`` mode did with them."""
+        return self.core.irreversible_stats
 
 
 def _check_env_id(task: Task, env_ids: tuple[str, ...] | None) -> None:
