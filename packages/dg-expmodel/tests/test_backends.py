@@ -141,3 +141,27 @@ def test_bad_configuration_is_named() -> None:
         OpenAICompatibleBackend("127.0.0.1:8000", "m")
     with pytest.raises(MissingExtraError, match=r'pip install "dg-expmodel\[gpu\]"'):
         VLLMBackend("some/model")
+
+
+def test_the_answer_opening_is_prefilled_and_continued(tiny_model: Any, tokenizer: Any, trajectories: list) -> None:  # type: ignore[type-arg]
+    """The prompt ends with ``<reasoning>`` (plain text) or an assistant message holding it (chat, rendered with
+    continue_final_message): the model continues the answer it was trained to write, as in its SFT targets."""
+    query = queries_of(trajectories, 1)[0]
+    plain = LLMExperienceModel(TransformersBackend(tiny_model, tokenizer), options=OPTIONS, retries=0)
+    prompt = plain.prompt(query)
+    assert isinstance(prompt, str) and prompt == render_prompt(query, OPTIONS) + "<reasoning>"
+    assert (
+        not LLMExperienceModel(TransformersBackend(tiny_model, tokenizer), options=OPTIONS, prefill=False)
+        .prompt(query)
+        .endswith("<reasoning>")
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    try:
+        chat = TransformersBackend(tiny_model, tokenizer)
+        messages = LLMExperienceModel(chat, options=OPTIONS, retries=0).prompt(query)
+        assert isinstance(messages, list) and messages[-1] == {"role": "assistant", "content": "<reasoning>"}
+        rendered = chat._text(messages)
+        assert rendered.endswith("<|assistant|><reasoning>")  # continued: no new turn, no end of message
+        assert chat._text(messages[:-1]).endswith("<|assistant|>")
+    finally:
+        tokenizer.chat_template = None

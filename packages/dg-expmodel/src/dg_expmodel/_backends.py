@@ -73,6 +73,12 @@ class GenerationBackend(Protocol):
         ...
 
 
+def continues_answer(prompt: Prompt) -> bool:
+    """Whether chat ``prompt`` ends with an assistant message: the start of the answer, to be continued (rendered
+    without a new assistant turn: transformers' and vLLM's ``continue_final_message``)."""
+    return not isinstance(prompt, str) and bool(prompt) and prompt[-1].get("role") == "assistant"
+
+
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = [text.index(s) + len(s) for s in stop if s in text]
     if cut:
@@ -133,7 +139,12 @@ class TransformersBackend:
             return prompt
         if not self._chat:
             raise ConfigError("this backend has no chat template: pass plain text prompts")
-        text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        if continues_answer(prompt):
+            text = self.tokenizer.apply_chat_template(
+                prompt, tokenize=False, add_generation_prompt=False, continue_final_message=True
+            )
+        else:
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return str(text)
 
     def complete(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[Completion]:
@@ -228,7 +239,14 @@ class VLLMBackend:
             seed=sampling.seed,
         )
         if self._chat:
-            outputs = self._engine.chat([p for p in prompts if not isinstance(p, str)], params)
+            messages = [p for p in prompts if not isinstance(p, str)]
+            continued = {continues_answer(p) for p in messages}
+            if len(continued) > 1:
+                raise ConfigError("a vLLM chat batch must either all continue an assistant message or none")
+            if continued == {True}:  # the answer's start is given: continue it (vLLM >= 0.6.3)
+                outputs = self._engine.chat(messages, params, add_generation_prompt=False, continue_final_message=True)
+            else:
+                outputs = self._engine.chat(messages, params)
         else:
             outputs = self._engine.generate([p for p in prompts if isinstance(p, str)], params)
         return [
@@ -322,6 +340,8 @@ class OpenAICompatibleBackend:
         if self._chat:
             if isinstance(prompt, str):
                 raise ConfigError("the chat endpoint needs chat messages, not text")
+            if continues_answer(prompt):  # vLLM's server extension; servers without it answer a new turn
+                payload.update(continue_final_message=True, add_generation_prompt=False)
             answer = self._post("/chat/completions", {**payload, "messages": prompt})
             choice = answer["choices"][0]
             text = choice["message"]["content"] or ""

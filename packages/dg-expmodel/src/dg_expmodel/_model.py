@@ -17,6 +17,8 @@ from dg_expmodel._parse import (
     parse_response,
 )
 
+REASONING_OPEN = "<reasoning>"
+
 
 @dataclass
 class ExperienceModelStats:
@@ -60,6 +62,10 @@ class LLMExperienceModel:
         retry_temperature: Temperature of the retries.
         reward_range: The rewards the environment can give (an interval ``(low, high)`` or a frozenset of
             values; default [0, 1]); an answer with a reward outside it is unparseable (``reward_out_of_range``).
+        prefill: Write the answer's opening (``<reasoning>``; the empty reasoning field in the no-reasoning
+            ablation) into the prompt, so the model continues an answer it was trained to write instead of
+            choosing how to start (training targets start the same way, so this is what the model learned). Chat
+            prompts end with that opening as an assistant message, continued, not answered.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class LLMExperienceModel:
         retries: int = 1,
         retry_temperature: float = 0.7,
         reward_range: RewardRange = DEFAULT_REWARD_RANGE,
+        prefill: bool = True,
     ) -> None:
         self.backend = backend
         self.options = options or PromptOptions()
@@ -79,8 +86,11 @@ class LLMExperienceModel:
         self.retry_temperature = retry_temperature
         self.reward_range = check_reward_range(reward_range)
         self.stats = ExperienceModelStats()
+        self.prefill = prefill
         # Plain prompts of the no-reasoning ablation end with the (empty) reasoning field already written.
         self._prefill = EMPTY_REASONING if not self.options.reasoning and not backend.chat else ""
+        if prefill:
+            self._prefill = EMPTY_REASONING if not self.options.reasoning else REASONING_OPEN
 
     def with_options(self, options: PromptOptions) -> LLMExperienceModel:
         """The same backend and decoding with other prompt options (for ablations); fresh statistics."""
@@ -91,13 +101,18 @@ class LLMExperienceModel:
             retries=self.retries,
             retry_temperature=self.retry_temperature,
             reward_range=self.reward_range,
+            prefill=self.prefill,
         )
 
     def prompt(self, query: ExperienceQuery) -> Prompt:
         """The prompt sent for ``query``."""
         if self.backend.chat:
-            return build_messages(query, self.options)
-        return render_prompt(query, self.options)
+            messages = build_messages(query, self.options)
+            if self.prefill:
+                messages.append({"role": "assistant", "content": self._prefill})
+            return messages
+        text = render_prompt(query, self.options)  # ends with the empty reasoning field in the ablation
+        return text + REASONING_OPEN if self.prefill and self.options.reasoning else text
 
     def predict(self, queries: Sequence[ExperienceQuery]) -> list[ExperiencePrediction]:
         """One prediction per query; never raises on model output."""
@@ -118,7 +133,7 @@ class LLMExperienceModel:
             still: list[int] = []
             for index, completion in zip(pending, completions, strict=True):
                 self._account(completion)
-                parsed = parse_response(self._prefill + completion.text, reward_range=self.reward_range)
+                parsed = parse_response(self._answer(completion.text), reward_range=self.reward_range)
                 if parsed.prediction is not None:
                     info = {"attempts": attempt + 1, "completion_tokens": completion.completion_tokens}
                     results[index] = parsed.prediction.model_copy(update={"info": info})
@@ -132,6 +147,14 @@ class LLMExperienceModel:
             reason, raw = last[index]
             results[index] = failure_prediction(queries[index], f"unparseable model output ({reason})", raw=raw)
         return [result for result in results if result is not None]
+
+    def _answer(self, text: str) -> str:
+        """The whole answer: the prefilled opening and its continuation. A backend that answered a new turn
+        instead of continuing (an OpenAI-compatible server without ``continue_final_message``) wrote the
+        opening itself: it is not doubled."""
+        if self._prefill and text.lstrip().startswith(REASONING_OPEN):
+            return text
+        return self._prefill + text
 
     def _account(self, completion: Completion) -> None:
         self.stats.prompt_tokens += completion.prompt_tokens
