@@ -16,6 +16,7 @@ from dg_expmodel import (
     LLMExperienceModel,
     PromptOptions,
     Sampling,
+    TagStats,
     TransformersBackend,
     audit_experience_model,
     hallucinated_entities,
@@ -210,3 +211,61 @@ def test_ablations_only_take_ingredients_away(tiny_model: Any, tokenizer: Any) -
     assert variant.options.reasoning is True  # type: ignore[attr-defined]
     variant, _ = model_for(with_reasoning, no_reasoning, with_reasoning.options)
     assert variant.options.reasoning is False  # type: ignore[attr-defined]
+
+
+class TagModel:
+    """Copies the real next state's text and actions, with hand-written irreversible tags per (state, action)."""
+
+    def __init__(self, real: list[Trajectory], tags: dict[str, tuple[str, ...]]) -> None:
+        self.next_states = {(s.state.text, s.action.text): s.next_state for t in real for s in t.steps}
+        self.tags = tags
+
+    def predict(self, queries: Sequence[ExperienceQuery]) -> list[ExperiencePrediction]:
+        out = []
+        for query in queries:
+            real = self.next_states[(query.state.text, query.action.text)]
+            state = real.model_copy(update={"irreversible_actions": self.tags[query.state.text]})
+            out.append(ExperiencePrediction(next_state=state, reward=0.0, done=False))
+        return out
+
+
+def test_irreversible_tag_precision_and_recall_on_a_hand_made_case(tmp_path: Path) -> None:
+    """Issue 20 item 3: tags scored over the transitions whose real next state lists some; false alarms apart."""
+    actions = ("buy", "delete", "submit", "back", "pay")
+    real_tags = [("buy", "delete"), ("submit",), (), ()]
+    predicted = {"s0": ("buy",), "s1": ("submit",), "s2": ("pay",), "s3": ()}
+    steps = [
+        Step(
+            state=State(text=f"s{i}", available_actions=actions),
+            action=Action(text="back"),
+            next_state=State(text=f"s{i + 1}", available_actions=actions, irreversible_actions=tags),
+            reward=0.0,
+            done=False,
+            step_index=i,
+        )
+        for i, tags in enumerate(real_tags)
+    ]
+    held_out = [Trajectory(id="shop", task=scripted_task("shop"), steps=tuple(steps), success=False, return_=0.0)]
+    report = audit_experience_model(
+        TagModel(held_out, predicted),
+        held_out,
+        ablations=ABLATIONS[:1],
+        open_loop_episodes=1,
+        output_dir=tmp_path,
+        progress=False,
+    )
+    tags = report.row("full").teacher_forced.irreversible
+    # Tagged transitions s0, s1: predicted {buy} + {submit}, real {buy, delete} + {submit}.
+    assert (tags.transitions, tags.real_tags, tags.predicted_tags, tags.correct_tags) == (2, 3, 2, 2)
+    assert tags.precision == 1.0 and tags.recall == pytest.approx(2 / 3) and tags.exact == 1
+    assert (tags.false_alarms, tags.untagged, tags.false_alarm_rate) == (1, 2, 0.5)  # "pay" at s2
+    saved = json.loads((tmp_path / "audit.json").read_text())["full"]["teacher_forced"]["irreversible_tags"]
+    assert saved["precision"] == 1.0 and saved["recall"] == pytest.approx(2 / 3) and saved["exact_set_match"] == 0.5
+    table = (tmp_path / "audit.md").read_text().splitlines()
+    assert table[0].endswith("| irreversible tags P / R (transitions) |")
+    assert table[2].endswith("| 1.000 / 0.667 (2) |")
+    # The replayed episode diverges at its first step: the real next state tags "delete" too.
+    assert report.row("full").open_loop is not None
+    assert report.row("full").open_loop.first_failure == {"wrong_actions": 1}  # type: ignore[union-attr]
+    untagged = TagStats.of([(), ("x",)], [(), ()])
+    assert untagged.precision is None and untagged.recall is None and untagged.false_alarm_rate == 0.5

@@ -20,7 +20,7 @@ from dg_expmodel._annotate import (
     step_key,
 )
 from dg_expmodel._audit import ABLATIONS, FAILURE_TYPES, Ablation, OpenLoop, TeacherForced, hallucinated_entities
-from dg_expmodel._audit_metrics import BinaryStats, content_words, mmd_permutation_test, set_f1, token_f1
+from dg_expmodel._audit_metrics import BinaryStats, TagStats, content_words, mmd_permutation_test, set_f1, token_f1
 from dg_expmodel._audit_report import AuditReport, AuditRow, audit_experience_model, write_report
 from dg_expmodel._backends import (
     STOP,
@@ -147,6 +147,7 @@ __all__ = [
     "SFTExample",
     "Sampling",
     "SyntheticEnv",
+    "TagStats",
     "TeacherForced",
     "TransformersBackend",
     "VLLMBackend",

@@ -5,8 +5,9 @@ transition error eps_P are small; these audits measure both, with rule-based che
 
 - **teacher-forced** (each real step, with its real history): success / done accuracy, precision, recall, F1
   and confusion (eps_R is 1 - reward accuracy), next-state exact match, token F1, available-action F1 and
-  embedding similarity (eps_P is 1 - mean token F1), hallucinated entities, parse failures, and the MMD between
-  the embeddings of predicted and real next states with a permutation test;
+  embedding similarity (eps_P is 1 - mean token F1), irreversible-action tag precision / recall (over the
+  transitions whose real next state lists irreversible actions), hallucinated entities, parse failures, and
+  the MMD between the embeddings of predicted and real next states with a permutation test;
 - **open-loop** (real action sequences replayed in the :class:`SyntheticEnv`, which feeds on its own
   predictions): token F1 by step and where each episode first goes wrong, in a failure typology.
 
@@ -26,6 +27,7 @@ import numpy as np
 from dg_core import ExperienceModel, ExperiencePrediction, ExperienceQuery, Step, Trajectory
 from dg_expmodel._audit_metrics import (
     BinaryStats,
+    TagStats,
     content_words,
     mmd_permutation_test,
     set_f1,
@@ -109,6 +111,8 @@ class TeacherForced:
     mmd_p_value: float | None
     per_group: dict[str, dict[str, float]] = field(default_factory=dict)
     steps: int = 0
+    irreversible: TagStats = field(default_factory=lambda: TagStats.of([], []))
+    """Irreversible-action tags of the predicted next states against the real ones."""
 
     @property
     def eps_r(self) -> float:
@@ -136,6 +140,7 @@ class TeacherForced:
             "hallucination_rate": self.hallucination_rate,
             "hallucinated_entities_per_step": self.hallucinated_per_step,
             "parse_failure_rate": self.parse_failure_rate,
+            "irreversible_tags": self.irreversible.as_dict(),
             "mmd2": self.mmd2,
             "mmd_p_value": self.mmd_p_value,
             "per_group": self.per_group,
@@ -248,6 +253,9 @@ def teacher_forced(
         mmd_p_value=p_value,
         per_group=per_group,
         steps=len(real),
+        irreversible=TagStats.of(
+            [p.next_state.irreversible_actions for p in predictions], [r.next_state.irreversible_actions for r in real]
+        ),
     )
 
 
@@ -262,7 +270,9 @@ def _first_failure(synthetic: Step, real: Step, context: ExperienceQuery, thresh
         return "wrong_reward"
     predicted, actual = synthetic.next_state, real.next_state
     if token_f1(predicted.text, actual.text) >= threshold:
-        return None if set_f1(predicted.available_actions, actual.available_actions) == 1.0 else "wrong_actions"
+        same_actions = set_f1(predicted.available_actions, actual.available_actions) == 1.0
+        same_tags = set(predicted.irreversible_actions) == set(actual.irreversible_actions)
+        return None if same_actions and same_tags else "wrong_actions"
     first_predicted, first_real = (predicted.text.split("\n")[0], actual.text.split("\n")[0])
     if token_f1(first_predicted, first_real) < 0.5:
         return "wrong_place"

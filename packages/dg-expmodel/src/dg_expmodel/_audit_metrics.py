@@ -122,6 +122,80 @@ class BinaryStats:
         }
 
 
+@dataclass(frozen=True)
+class TagStats:
+    """Irreversible-action tags predicted for next states against the real ones, as set-level precision / recall.
+
+    Precision and recall are over the transitions whose real next state lists irreversible actions, pooled over
+    their tags (micro-averaged): of the tags predicted for them, the share that are real, and of their real tags,
+    the share predicted. Tags predicted where the real next state has none are counted apart (false alarms).
+    """
+
+    transitions: int
+    """Transitions whose real next state lists irreversible actions."""
+    real_tags: int
+    """Irreversible actions listed by those real next states."""
+    predicted_tags: int
+    """Irreversible actions predicted for those transitions."""
+    correct_tags: int
+    """Predicted ones that the real next state lists too."""
+    exact: int
+    """Transitions whose predicted set equals the real one."""
+    false_alarms: int
+    """Transitions whose real next state lists none but whose prediction lists some."""
+    untagged: int
+    """Transitions whose real next state lists none."""
+
+    @classmethod
+    def of(cls, predicted: Sequence[Iterable[str]], actual: Sequence[Iterable[str]]) -> TagStats:
+        """Compare the predicted and real tag sets of each transition."""
+        transitions = real_tags = predicted_tags = correct = exact = false_alarms = untagged = 0
+        for predicted_tags_of, actual_tags_of in zip(predicted, actual, strict=True):
+            p, a = set(predicted_tags_of), set(actual_tags_of)
+            if not a:
+                untagged += 1
+                false_alarms += bool(p)
+                continue
+            transitions += 1
+            real_tags += len(a)
+            predicted_tags += len(p)
+            correct += len(p & a)
+            exact += p == a
+        return cls(transitions, real_tags, predicted_tags, correct, exact, false_alarms, untagged)
+
+    @property
+    def precision(self) -> float | None:
+        """Of the tags predicted where real ones exist, the share that are real (``None``: no such transition;
+        1.0 when none was predicted, as in :class:`BinaryStats`)."""
+        if not self.transitions:
+            return None
+        return self.correct_tags / self.predicted_tags if self.predicted_tags else 1.0
+
+    @property
+    def recall(self) -> float | None:
+        """Of the real tags, the share predicted (``None``: no transition has any)."""
+        return self.correct_tags / self.real_tags if self.transitions else None
+
+    @property
+    def false_alarm_rate(self) -> float | None:
+        """Of the transitions without real tags, the share given some (``None``: every transition has tags)."""
+        return self.false_alarms / self.untagged if self.untagged else None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Counts and rates, for reports."""
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "exact_set_match": self.exact / self.transitions if self.transitions else None,
+            "false_alarm_rate": self.false_alarm_rate,
+            "transitions": self.transitions,
+            "real_tags": self.real_tags,
+            "predicted_tags": self.predicted_tags,
+            "correct_tags": self.correct_tags,
+            "false_alarms": self.false_alarms,
+        }
+
+
 def _rbf_kernel(x: np.ndarray, y: np.ndarray, bandwidth: float) -> np.ndarray:
     distances = np.sum(x**2, axis=1)[:, None] + np.sum(y**2, axis=1)[None, :] - 2 * x @ y.T
     kernel: np.ndarray = np.exp(-np.maximum(distances, 0.0) / (2 * bandwidth**2))

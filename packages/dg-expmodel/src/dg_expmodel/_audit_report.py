@@ -19,7 +19,7 @@ from dg_expmodel._audit import (
     open_loop,
     teacher_forced,
 )
-from dg_expmodel._audit_metrics import BinaryStats
+from dg_expmodel._audit_metrics import BinaryStats, TagStats
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._synthetic import Retriever
 
@@ -64,10 +64,12 @@ class AuditReport:
     def markdown(self) -> str:
         """The ablation table."""
         # Success (reward > 0 at the end of an episode) and done are rare positives: precision and recall say
-        # more than accuracy, and the count of positives says how much to trust them.
+        # more than accuracy, and the count of positives says how much to trust them. Irreversible-action tags
+        # are scored over the transitions whose real next state lists some ("-" where none does).
         head = (
             "| ablation | eps_R | eps_P | success P / R (positives) | done P / R (positives) | exact next state | "
-            "action F1 | hallucination | parse failures | MMD² (p) | open-loop faithful |\n" + "| --- " * 11 + "|"
+            "action F1 | hallucination | parse failures | MMD² (p) | open-loop faithful | "
+            "irreversible tags P / R (transitions) |\n" + "| --- " * 12 + "|"
         )
         lines = [head]
         for row in self.rows:
@@ -79,13 +81,19 @@ class AuditReport:
                 f"| {name} | {tf.eps_r:.3f} | {tf.eps_p:.3f} | {_precision_recall(tf.success)} | "
                 f"{_precision_recall(tf.done)} | "
                 f"{tf.exact_match:.3f} | {tf.action_f1:.3f} | {tf.hallucination_rate:.3f} | "
-                f"{tf.parse_failure_rate:.3f} | {mmd} | {loop} |"
+                f"{tf.parse_failure_rate:.3f} | {mmd} | {loop} | {_tags(tf.irreversible)} |"
             )
         return "\n".join(lines)
 
 
 def _precision_recall(stats: BinaryStats) -> str:
     return f"{stats.precision:.3f} / {stats.recall:.3f} ({stats.positives})"
+
+
+def _tags(stats: TagStats) -> str:
+    if stats.precision is None or stats.recall is None:
+        return "-"
+    return f"{stats.precision:.3f} / {stats.recall:.3f} ({stats.transitions})"
 
 
 def _progress(total: int, description: str, enabled: bool) -> Any:
