@@ -255,6 +255,10 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps[alfworld]"],
         "benchmarks/learning/run.py",
     ),
+    "tolerance": (
+        [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps"],
+        "benchmarks/tolerance/run.py",
+    ),
 }
 
 

@@ -1,0 +1,470 @@
+"""How much simulator error does synthetic RL tolerate? GRPO in controlled-error simulators (issue 18).
+
+Every training run starts from the same initial policy (per seed) and takes the same number of GRPO updates:
+
+1. the initial policy (untrained tiny LM, built per seed) — reference;
+2. GRPO in the real environment — reference;
+3. GRPO in dg-expmodel's ``PerturbedEnv`` (``dg train`` with ``synthetic.simulator: perturbed``) for every cell
+   of the grid eps_R x eps_P: the real environment's own transitions with reward errors at rate eps_R and
+   transition errors (wrong place, missing / invented object, wrong action set, early / missed done) at rate
+   eps_P. Cell (0, 0) is real-env GRPO by construction (the apps tests check bit-identical weights); it is run
+   anyway as an end-to-end check.
+
+Every trained policy is evaluated in the real environment on the held-out test split (with its training seed).
+Task selection is the same for all runs (``curriculum``; uniform by default), so the simulator's errors are the
+only difference between a cell and the real run.
+
+Every stage is a dg run directory under ``--output``: an interrupted benchmark run again keeps its finished
+stages and resumes the one it stopped in, across sessions. ``--budget-minutes`` stops starting new stages after
+that long and writes the results so far (cells with fewer seeds are marked). Results:
+``benchmarks/results/tolerance_<config>.{json,md,png}`` (table, heat map and line plots).
+
+    python benchmarks/tolerance/run.py --quick                    # smoke size: 3 x 3 grid, 2 seeds, minutes
+    python benchmarks/tolerance/run.py                            # TextWorld coin collector, 4 x 4 x 3 seeds: hours
+    python benchmarks/tolerance/run.py --budget-minutes 50        # a slice of it; run again to continue
+    nox -s bench -- tolerance [args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from pydantic import Field
+
+from dg_apps.config import DemoConfig, ErrorKind, EvalConfig, SyntheticConfig, TrainConfig, load_config
+from dg_apps.demo import collect_data, initial_policy, run_stage
+from dg_apps.evaluation import run_eval
+from dg_apps.rundir import RunDir
+from dg_apps.training import run_train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parents[0] / "results"
+SMOKE_CONFIGS = ("quick",)
+
+
+class ToleranceConfig(DemoConfig):
+    """The demo's env, policy and GRPO settings plus the grid."""
+
+    eps_r_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    eps_p_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    error_kinds: list[ErrorKind] = Field(default_factory=lambda: list(get_args(ErrorKind)), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    eval_episodes_per_task: int = Field(default=16, ge=1)
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def cell_name(eps_r: float, eps_p: float) -> str:
+    return f"cell-r{eps_r:g}-p{eps_p:g}"
+
+
+class OutOfTime(Exception):
+    """The time budget is spent; the stages so far are kept."""
+
+
+class Benchmark:
+    def __init__(self, config: ToleranceConfig, root: RunDir, *, progress: bool, deadline: float | None) -> None:
+        self.config = config
+        self.root = root
+        self.progress = progress
+        self.deadline = deadline
+        self.data: list[str] = []
+        self.used: list[str] = []
+
+    def stage(self, name: str, command: str, config: Any, body: Any) -> dict[str, Any]:
+        folder = self.root.path / name
+        finished = (folder / "run.json").exists() and RunDir.read_meta(folder).get("status") == "done"
+        if not finished and self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OutOfTime(name)
+        self.used.append(name)
+        return run_stage(self.root, name, command, config, body, log)
+
+    def compute_seconds(self) -> float:
+        """Wall seconds of every stage the results come from, including stages finished by earlier invocations."""
+        total = 0.0
+        for name in dict.fromkeys(self.used):
+            record = RunDir.read_meta(self.root.path / name)
+            if record.get("finished"):
+                finished = datetime.fromisoformat(record["finished"])
+                total += (finished - datetime.fromisoformat(record["started"])).total_seconds()
+        return total
+
+    def stage_seconds(self, name: str) -> float | None:
+        record = RunDir.read_meta(self.root.path / name)
+        if not record.get("finished"):
+            return None
+        return (datetime.fromisoformat(record["finished"]) - datetime.fromisoformat(record["started"])).total_seconds()
+
+    def collect(self) -> None:
+        self.data, _ = collect_data(self.config, self.root, progress=self.progress, log=log)
+
+    def initial(self, seed: int) -> Path:
+        return initial_policy(self.config, self.data, self.root.path / f"policy-initial-s{seed}", seed=seed)
+
+    def train_config(self, seed: int, **update: Any) -> TrainConfig:
+        config = self.config
+        policy = config.policy.model_copy(update={"model": str(self.initial(seed))})
+        return TrainConfig(
+            env=config.env,
+            tasks="train",
+            data=self.data,
+            policy=policy,
+            algorithm=config.algorithm,
+            curriculum=config.curriculum,
+            trainer=config.trainer,
+            seed=seed,
+            **update,
+        )
+
+    def train(self, name: str, config: TrainConfig) -> dict[str, Any]:
+        return self.stage(name, "train", config, lambda c, r: run_train(c, r, progress=self.progress))
+
+    def evaluate(self, name: str, policy: str, seed: int) -> float:
+        config = EvalConfig(
+            env=self.config.env,
+            tasks="test",
+            policy=policy,
+            seeds=[seed],
+            episodes_per_task=self.config.eval_episodes_per_task,
+        )
+        stage = f"eval{config.episodes_per_task}-{name}"
+        metrics = self.stage(stage, "eval", config, lambda c, r: run_eval(c, r, progress=self.progress))
+        return float(metrics["mean"])
+
+
+def run_references(bench: Benchmark, seed: int, results: dict[str, Any]) -> None:
+    tag = f"s{seed}"
+    initial = bench.initial(seed)
+    results["initial"].append({"seed": seed, "success": bench.evaluate(f"initial-{tag}", str(initial), seed)})
+    train = bench.train(f"real-{tag}", bench.train_config(seed, where="real"))
+    success = bench.evaluate(f"real-{tag}", str(bench.root.path / f"real-{tag}" / "policy"), seed)
+    results["real"].append({"seed": seed, "success": success, **_cost(train, "real_transitions")})
+
+
+def run_cell(bench: Benchmark, eps_r: float, eps_p: float, seed: int, results: dict[str, Any]) -> None:
+    name = f"{cell_name(eps_r, eps_p)}-s{seed}"
+    simulator = SyntheticConfig(simulator="perturbed", eps_r=eps_r, eps_p=eps_p, error_kinds=bench.config.error_kinds)
+    train = bench.train(name, bench.train_config(seed, where="synthetic", synthetic=simulator))
+    success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
+    history = train["rollout_history"]
+    entry = {
+        "seed": seed,
+        "success": success,
+        # what the simulator told the agent: training-rollout success, misreported outcomes included
+        "simulator_success": statistics.fmean(h["success_rate"] for h in history) if history else math.nan,
+        "simulator": train["simulator"],
+        **_cost(train, "synthetic_transitions"),
+        "cell_seconds": _sum_or_none(bench.stage_seconds(name), bench.stage_seconds(f"eval{_episodes(bench)}-{name}")),
+    }
+    results["cells"].setdefault(f"{eps_r:g},{eps_p:g}", []).append(entry)
+
+
+def _episodes(bench: Benchmark) -> int:
+    return bench.config.eval_episodes_per_task
+
+
+def _sum_or_none(*values: float | None) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _cost(train: dict[str, Any], transitions: str) -> dict[str, Any]:
+    return {
+        "transitions": train[transitions],
+        "optimizer_steps": train["optimizer_steps"],
+        "train_seconds": train["seconds"],
+    }
+
+
+def _rate(count: int, eligible: int) -> float | None:
+    return count / eligible if eligible else None
+
+
+def summarise(config: ToleranceConfig, results: dict[str, Any]) -> dict[str, Any]:
+    initial_mean, initial_sd = _mean_sd([e["success"] for e in results["initial"]])
+    real_mean, real_sd = _mean_sd([e["success"] for e in results["real"]])
+    cells: list[dict[str, Any]] = []
+    for eps_r in config.eps_r_grid:
+        for eps_p in config.eps_p_grid:
+            entries = results["cells"].get(f"{eps_r:g},{eps_p:g}", [])
+            if not entries:
+                continue
+            mean, sd = _mean_sd([e["success"] for e in entries])
+            errors = {"transition": 0, "transition_eligible": 0, "reward": 0, "reward_eligible": 0}
+            for entry in entries:
+                sim = entry["simulator"]
+                errors["transition"] += sum(sim["transition_errors"].values())
+                errors["transition_eligible"] += sim["transition_eligible"]
+                errors["reward"] += sum(sim["reward_errors"].values())
+                errors["reward_eligible"] += sim["reward_eligible"]
+            seconds = [e["cell_seconds"] for e in entries if e["cell_seconds"] is not None]
+            cells.append(
+                {
+                    "eps_r": eps_r,
+                    "eps_p": eps_p,
+                    "mean": mean,
+                    "std": sd,
+                    "per_seed": [e["success"] for e in entries],
+                    "seeds": [e["seed"] for e in entries],
+                    "simulator_success": statistics.fmean(e["simulator_success"] for e in entries),
+                    "measured_eps_r": _rate(errors["reward"], errors["reward_eligible"]),
+                    "measured_eps_p": _rate(errors["transition"], errors["transition_eligible"]),
+                    "transitions": statistics.fmean(e["transitions"] for e in entries),
+                    "optimizer_steps": statistics.fmean(e["optimizer_steps"] for e in entries),
+                    "cell_seconds": statistics.fmean(seconds) if seconds else None,
+                    "beats_initial": mean > initial_mean,
+                    "reaches_90pct_of_real": mean >= 0.9 * real_mean,
+                }
+            )
+    zero = next((c for c in cells if c["eps_r"] == 0 and c["eps_p"] == 0), None)
+    real_by_seed = {e["seed"]: e["success"] for e in results["real"]}
+    zero_check = None
+    if zero is not None:
+        pairs = zip(zero["seeds"], zero["per_seed"], strict=True)
+        zero_check = all(real_by_seed.get(seed) == value for seed, value in pairs)
+    return {
+        "initial": {"mean": initial_mean, "std": initial_sd, "per_seed": [e["success"] for e in results["initial"]]},
+        "real": {
+            "mean": real_mean,
+            "std": real_sd,
+            "per_seed": [e["success"] for e in results["real"]],
+            "transitions": statistics.fmean(e["transitions"] for e in results["real"]) if results["real"] else None,
+            "train_seconds": statistics.fmean(e["train_seconds"] for e in results["real"]) if results["real"] else None,
+        },
+        "cells": cells,
+        "zero_error_cell_equals_real": zero_check,
+    }
+
+
+def _fmt(value: float, spread: float) -> str:
+    return f"{value:.3f}" + ("" if math.isnan(spread) else f" ± {spread:.3f}")
+
+
+def markdown(config: ToleranceConfig, name: str, summary: dict[str, Any], complete: bool, seconds: float) -> str:
+    env, algo = config.env, config.algorithm
+    smoke = name in SMOKE_CONFIGS
+    title = f"# Tolerance benchmark: {name}" + (" (SMOKE SIZE: the numbers mean nothing)" if smoke else "")
+    lines = [
+        title,
+        "",
+        f"{env.name} ({env.suite if env.name == 'textworld' else 'generated problems'}, {env.games} games, max "
+        f"{env.max_steps} steps); GRPO, {algo.steps} rollout batches x {algo.updates_per_batch} updates, "
+        f"{algo.tasks_per_step} tasks x {algo.group_size} episodes per batch, from the same initial policy per seed; "
+        f"task selection {'curriculum' if config.curriculum.enabled else 'uniform'} for every run. Each policy is "
+        f"evaluated in the real env on the held-out test split, {config.eval_episodes_per_task} episodes per task, "
+        f"with its training seed. Seeds {config.seeds}; transition-error kinds: {', '.join(config.error_kinds)}. "
+        "Policy: tiny (built from a config, trained from scratch). 2 shared CPU cores.",
+        "",
+    ]
+    if not complete:
+        lines += ["**Partial**: the time budget ran out; cells with fewer seeds than listed are marked.", ""]
+    initial, real = summary["initial"], summary["real"]
+    lines += [
+        f"References: initial policy {_fmt(initial['mean'], initial['std'])}; GRPO in the real env "
+        f"{_fmt(real['mean'], real['std'])} (per seed {' / '.join(f'{v:.2f}' for v in real['per_seed'])}).",
+        "",
+        "Held-out real success (mean ± sd over seeds), rows eps_R, columns eps_P:",
+        "",
+        "| eps_R \\ eps_P | " + " | ".join(f"{p:g}" for p in config.eps_p_grid) + " |",
+        "| --- |" + " --- |" * len(config.eps_p_grid),
+    ]
+    by_key = {(c["eps_r"], c["eps_p"]): c for c in summary["cells"]}
+    for eps_r in config.eps_r_grid:
+        row = []
+        for eps_p in config.eps_p_grid:
+            cell = by_key.get((eps_r, eps_p))
+            if cell is None:
+                row.append("-")
+                continue
+            mark = "" if len(cell["per_seed"]) == len(config.seeds) else f" ({len(cell['per_seed'])} seed)"
+            row.append(_fmt(cell["mean"], cell["std"]) + mark)
+        lines.append(f"| {eps_r:g} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| eps_R | eps_P | real success | per seed | in-simulator rollout success | measured eps_R / eps_P | "
+        "> initial | >= 90% of real GRPO | synthetic transitions | s per cell (train + eval) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for cell in summary["cells"]:
+        measured = "/".join("-" if v is None else f"{v:.3f}" for v in (cell["measured_eps_r"], cell["measured_eps_p"]))
+        cell_seconds = "-" if cell["cell_seconds"] is None else f"{cell['cell_seconds']:.0f}"
+        lines.append(
+            f"| {cell['eps_r']:g} | {cell['eps_p']:g} | {_fmt(cell['mean'], cell['std'])} | "
+            f"{' / '.join(f'{v:.2f}' for v in cell['per_seed'])} | {cell['simulator_success']:.3f} | {measured} | "
+            f"{'yes' if cell['beats_initial'] else 'no'} | {'yes' if cell['reaches_90pct_of_real'] else 'no'} | "
+            f"{cell['transitions']:,.0f} | {cell_seconds} |"
+        )
+    check = summary["zero_error_cell_equals_real"]
+    lines += [
+        "",
+        "The last two verdict columns compare means only (no test of significance; see the spread). "
+        f"Cell (0, 0) equals real-env GRPO seed for seed: {'-' if check is None else ('yes' if check else 'NO')}.",
+        f"Stage compute {seconds / 60:.0f} min (finished stages of earlier invocations included).",
+    ]
+    return "\n".join(lines)
+
+
+def plot(config: ToleranceConfig, name: str, summary: dict[str, Any], output: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    rows, cols = config.eps_r_grid, config.eps_p_grid
+    by_key = {(c["eps_r"], c["eps_p"]): c for c in summary["cells"]}
+    grid = [[by_key[(r, p)]["mean"] if (r, p) in by_key else math.nan for p in cols] for r in rows]
+    top = max([v for row in grid for v in row if not math.isnan(v)] + [summary["real"]["mean"], 1e-3])
+    heat = axes[0].imshow(grid, origin="lower", cmap="viridis", vmin=0.0, vmax=top, aspect="auto")
+    axes[0].set_xticks(range(len(cols)), [f"{p:g}" for p in cols])
+    axes[0].set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    axes[0].set_xlabel("eps_P (transition errors)")
+    axes[0].set_ylabel("eps_R (reward errors)")
+    axes[0].set_title("held-out real success")
+    for i, r in enumerate(rows):
+        for j, p in enumerate(cols):
+            cell = by_key.get((r, p))
+            if cell is not None:
+                spread = "" if math.isnan(cell["std"]) else f"\n±{cell['std']:.2f}"
+                ink = "k" if cell["mean"] > 0.6 * top else "w"
+                axes[0].text(j, i, f"{cell['mean']:.2f}{spread}", ha="center", va="center", color=ink, fontsize=8)
+    figure.colorbar(heat, ax=axes[0])
+    initial, real = summary["initial"]["mean"], summary["real"]["mean"]
+    for axis, (x_grid, line_grid, x_key, line_key, x_label) in zip(
+        axes[1:],
+        (
+            (rows, cols, "eps_r", "eps_p", "eps_R (reward errors)"),
+            (cols, rows, "eps_p", "eps_r", "eps_P (transition errors)"),
+        ),
+        strict=True,
+    ):
+        for value in line_grid:
+            points = [c for c in summary["cells"] if c[line_key] == value]
+            points.sort(key=lambda c: c[x_key])
+            if not points:
+                continue
+            spreads = [0.0 if math.isnan(c["std"]) else c["std"] for c in points]
+            axis.errorbar(
+                [c[x_key] for c in points],
+                [c["mean"] for c in points],
+                yerr=spreads,
+                marker="o",
+                capsize=3,
+                label=f"{'eps_R' if line_key == 'eps_r' else 'eps_P'} = {value:g}",
+            )
+        if not math.isnan(real):
+            axis.axhline(real, color="black", linestyle="-", linewidth=1.2, label="GRPO in real env")
+        if not math.isnan(initial):
+            axis.axhline(initial, color="grey", linestyle="--", linewidth=1, label="initial policy")
+        axis.set_xlabel(x_label)
+        axis.set_ylabel("held-out real success")
+        axis.set_xticks(list(x_grid))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"tolerance ({name}): GRPO in controlled-error simulators, evaluated in the real env")
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config", default="textworld", help="textworld, quick, or a YAML file of ToleranceConfig keys"
+    )
+    parser.add_argument("--quick", action="store_true", help="the smoke size (same as --config quick)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the config's)")
+    parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-tolerance-NAME)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="start no new stage after this long; write partial results"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machines)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+    chosen = "quick" if args.quick else args.config
+    path = Path(chosen)
+    name = path.stem if path.suffix in (".yaml", ".yml") else chosen
+    if path.suffix not in (".yaml", ".yml"):
+        path = HERE / f"{chosen}.yaml"
+        if not path.exists():
+            sys.exit(f"unknown --config {chosen!r}: give textworld, quick or a YAML file")
+    overrides = list(args.overrides)
+    if args.seeds is not None:
+        overrides.append(f"seeds=[{', '.join(map(str, args.seeds))}]")
+    config = load_config(ToleranceConfig, path, overrides)
+    output = args.output or Path("runs") / f"bench-tolerance-{name}"
+    output.mkdir(parents=True, exist_ok=True)
+    root = RunDir(output, "bench tolerance", resumed=False)
+    started = time.perf_counter()
+    deadline = started + 60 * args.budget_minutes if args.budget_minutes is not None else None
+    bench = Benchmark(config, root, progress=not args.no_progress, deadline=deadline)
+    log(
+        f"tolerance benchmark {name}: eps_R {config.eps_r_grid} x eps_P {config.eps_p_grid}, seeds {config.seeds}, "
+        f"run directories in {output}"
+    )
+    results: dict[str, Any] = {"initial": [], "real": [], "cells": {}}
+    complete = True
+    try:
+        bench.collect()
+        for seed in config.seeds:
+            run_references(bench, seed, results)
+        # Cells in order of total error, every seed of a cell before the next: a partial run has whole cells.
+        cells = sorted(
+            ((r, p) for r in config.eps_r_grid for p in config.eps_p_grid), key=lambda c: (c[0] + c[1], c[0])
+        )
+        for eps_r, eps_p in cells:
+            for seed in config.seeds:
+                run_cell(bench, eps_r, eps_p, seed, results)
+    except OutOfTime as stop:
+        complete = False
+        log(f"time budget spent before stage {stop}; writing the results so far (run again to continue)")
+    summary = summarise(config, results)
+    compute = bench.compute_seconds()
+    table = markdown(config, name, summary, complete, compute)
+    report = {
+        "name": name,
+        "size": "smoke" if name in SMOKE_CONFIGS else "full",
+        "complete": complete,
+        "config": config.model_dump(mode="json"),
+        "summary": summary,
+        "per_seed": results,
+        "seconds": time.perf_counter() - started,
+        "compute_seconds": compute,
+        "machine": {"python": platform.python_version(), "machine": platform.machine(), "torch_threads": args.threads},
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"tolerance_{name}.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.results / f"tolerance_{name}.md").write_text(table + "\n")
+    plot(config, name, summary, args.results / f"tolerance_{name}.png")
+    (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    log("\n" + table + f"\n\nResults in {args.results}/tolerance_{name}.*")
+
+
+if __name__ == "__main__":
+    main()
