@@ -264,6 +264,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         "reward_accuracy": full.teacher_forced.reward_accuracy,
         "next_state_exact_match": full.teacher_forced.exact_match,
         "parse_failure_rate": full.teacher_forced.parse_failure_rate,
+        "irreversible_tags": full.teacher_forced.irreversible.as_dict(),
         "table": report.markdown(),
     }
     run.write_metrics(metrics)

@@ -165,11 +165,22 @@ class SyntheticConfig(Strict):
     """Add synthetic transitions to the run's replay buffer (they never ground other predictions)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
+    irreversible: Literal["allow", "penalize", "end"] = "allow"
+    """``expmodel``: what an action the current state tags irreversible (purchase, delete, submit) does in the
+    synthetic env: ``allow`` (the experience model's answer as it is), ``penalize`` (a step that does not succeed
+    loses ``irreversible_penalty`` from its reward), ``end`` (the episode ends there, a failure unless the model
+    predicted success)."""
+    irreversible_penalty: float = Field(default=1.0, ge=0)
+    """``penalize``: what an irreversible step that does not succeed loses from its reward."""
 
     @model_validator(mode="after")
     def _errors_need_the_perturbed_simulator(self) -> SyntheticConfig:
         if self.simulator == "expmodel" and (self.eps_r or self.eps_p):
             raise ValueError("eps_r / eps_p are rates of the perturbed simulator: set synthetic.simulator=perturbed")
+        if self.simulator == "perturbed" and self.irreversible != "allow":
+            raise ValueError(
+                "irreversible acts in the experience model's synthetic env; the perturbed simulator does not apply it"
+            )
         return self
 
 

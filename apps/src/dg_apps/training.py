@@ -327,6 +327,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             write_back=ReplayWriteBack(buffer) if syn.write_back else None,
             env_ids=[config.env.name],
             max_steps=syn.max_steps or config.env.max_steps,
+            irreversible=syn.irreversible,
+            irreversible_penalty=syn.irreversible_penalty,
         )
         tasks = _initial_states(tasks, data, config)
     else:
@@ -446,6 +448,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             "placeholders_withheld": env.placeholders_withheld,
             "removed_on_resume": run_state.removed_on_resume,
         }
+        # irreversible actions taken in synthetic rollouts, and what synthetic.irreversible did with them
+        metrics["irreversible"] = {"mode": config.synthetic.irreversible, **env.irreversible_stats.as_dict()}
     if curriculum is not None:
         cstats = curriculum.stats()
         metrics["curriculum"] = {
@@ -487,6 +491,12 @@ def _summary(config: TrainConfig, metrics: dict[str, Any], run: RunDir) -> str:
     ]
     if "expmodel" in metrics:
         lines.append(f"- experience-model parse failures: {metrics['expmodel']['parse_failure_rate']:.1%}")
+    if "irreversible" in metrics:
+        irr = metrics["irreversible"]
+        lines.append(
+            f"- irreversible actions in synthetic rollouts ({irr['mode']}): {irr['steps']} taken, {irr['penalized']} "
+            f"penalised, {irr['ended']} ended their episode"
+        )
     if "simulator" in metrics:
         sim = metrics["simulator"]
         rates = []
