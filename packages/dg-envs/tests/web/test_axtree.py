@@ -72,6 +72,7 @@ def test_keeps_ids_roles_names_values_and_states() -> None:
     ]
     assert tree.element_ids == ("b2", "b3", "b4", "c1")
     assert tree.irreversible_ids == ("b3", "c1")
+    assert tree.actionable_ids == ("b2", "b3", "b4", "c1")
     assert tree.dropped_lines == 0
     assert tree.tokens == estimate_tokens(tree.text)
 
@@ -87,7 +88,7 @@ def test_token_budget_cuts_text_before_controls() -> None:
     tiny = compact_axtree(axtree, properties, token_budget=10)
     assert tiny.dropped_lines >= 4
     assert set(tiny.element_ids) < set(full.element_ids)
-    assert set(tiny.irreversible_ids) <= set(tiny.element_ids)
+    assert set(tiny.irreversible_ids) <= set(tiny.actionable_ids) <= set(tiny.element_ids)
 
 
 def test_nested_controls_are_indented_and_names_are_quoted() -> None:
@@ -99,6 +100,7 @@ def test_nested_controls_are_indented_and_names_are_quoted() -> None:
     tree = compact_axtree({"nodes": nodes})
     assert tree.text == "[n] navigation 'Main'\n [l] link 'Bob\\'s page'"
     assert tree.irreversible_ids == ()
+    assert tree.element_ids == ("n", "l") and tree.actionable_ids == ("l",)  # a landmark is shown, not clicked
 
 
 def test_empty_tree() -> None:

@@ -126,6 +126,8 @@ class CompactTree:
     dropped_lines: int = 0
     """Lines cut to meet the token budget."""
     lines: list[tuple[int, str, bool]] = field(default_factory=list, repr=False)
+    actionable_ids: tuple[str, ...] = ()
+    """Ids of the shown controls (buttons, links, fields...), in page order: what a click can act on."""
 
 
 def _value(node: Mapping[str, Any], key: str) -> Any:
@@ -272,4 +274,5 @@ def compact_axtree(
     kept_set = set(kept)
     ids = tuple(bid for bid, line in compactor.ids if line in kept_set)
     irreversible = tuple(bid for bid in compactor.irreversible if bid in ids)
-    return CompactTree(text, ids, irreversible, estimate_tokens(text), dropped, lines)
+    actionable = tuple(bid for bid, line in compactor.ids if line in kept_set and lines[line][2])
+    return CompactTree(text, ids, irreversible, estimate_tokens(text), dropped, lines, actionable)

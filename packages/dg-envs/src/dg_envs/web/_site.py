@@ -178,9 +178,15 @@ class DemoShop:
 
     Use it as a context manager (``with DemoShop() as shop: shop.url``) or call :meth:`start` and
     :meth:`stop`. :meth:`records` returns what visitors ordered, sent and deleted.
+
+    Args:
+        port: The port to serve on; 0 (default) takes a free one. A fixed port keeps page URLs (which the
+            abstract states show) the same from one process to the next, for data collected in one and replayed
+            in another.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
         self._server: _ShopServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -194,7 +200,7 @@ class DemoShop:
     def start(self) -> DemoShop:
         """Bind a free port and serve in a daemon thread."""
         if self._server is None:
-            self._server = _ShopServer(("127.0.0.1", 0), _Handler)
+            self._server = _ShopServer(("127.0.0.1", self.port), _Handler)
             self._server.records = _Records()
             self._thread = threading.Thread(target=self._server.serve_forever, name="demo-shop", daemon=True)
             self._thread.start()

@@ -4,7 +4,9 @@ Observations are compacted AXTrees (:func:`~dg_envs.web.compact_axtree`); action
 strings (``click("12")``, ``fill("7", "text")``, ``goto("http://...")``, ``send_msg_to_user("...")``).
 The action space is free text, so ``State.available_actions`` is ``None``; the element ids an action
 may target are in the state text, and the ids of irreversible controls are tagged as
-``click("<id>")`` in ``State.irreversible_actions``.
+``click("<id>")`` in ``State.irreversible_actions``. With ``action_set="clicks"`` the action space is
+finite instead: ``click("<id>")`` on every control shown (buttons, links, fields...), for policies that choose
+among the available actions; tasks that need typing or an answer cannot be done in that mode.
 
 Safety and robustness:
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from dg_core import Action as DGAction
 from dg_core import ConfigError, Env, EnvError, StepResult, Task, require
@@ -65,6 +67,8 @@ class WebArenaEnv(Env):
         slow_mo_ms: Playwright's pause after every browser operation; ``None`` keeps the task's (BrowserGym's
             tasks use 1000 ms, which is most of a step's time; 0 suits pages without animations).
         headless: Run Chromium without a window.
+        action_set: ``"free"`` (any action string; ``available_actions`` is ``None``) or ``"clicks"`` (the
+            available actions are ``click("<id>")`` on each control shown).
     """
 
     env_id = "webarena"
@@ -79,10 +83,14 @@ class WebArenaEnv(Env):
         pre_observation_delay_s: float = 0.5,
         slow_mo_ms: int | None = None,
         headless: bool = True,
+        action_set: Literal["free", "clicks"] = "free",
     ) -> None:
         super().__init__(max_steps=max_steps)
         if token_budget < 50:
             raise ConfigError(f"token_budget must be at least 50, got {token_budget}")
+        if action_set not in ("free", "clicks"):
+            raise ConfigError(f"action_set must be 'free' or 'clicks', got {action_set!r}")
+        self.action_set = action_set
         if min(step_timeout_s, reset_timeout_s) <= 0:
             raise ConfigError(f"timeouts must be positive, got {step_timeout_s} and {reset_timeout_s}")
         require("browsergym.core", **_INSTALL)
@@ -312,8 +320,10 @@ class WebArenaEnv(Env):
             header.append(f"Last action failed: {error.splitlines()[0][:300]}")
         text = "\n".join([*header, tree.text])
         raw_tokens = estimate_tokens(flatten_axtree_to_str(observation["axtree_object"]))
+        clicks = tuple(f'click("{bid}")' for bid in tree.actionable_ids) if self.action_set == "clicks" else None
         return DGState(
             text=text,
+            available_actions=clicks,
             irreversible_actions=tuple(f'click("{bid}")' for bid in tree.irreversible_ids),
             info={
                 "url": url,
