@@ -117,7 +117,7 @@ def install(session: nox.Session, *requirements: str) -> None:
 
 # Packages whose tests drive a browser (web adapters) and the benchmark suites that do.
 BROWSER_USERS = {"dg-envs"}
-BROWSER_SUITES = {"envs-web", "cost"}
+BROWSER_SUITES = {"envs-web", "cost", "safety"}
 
 
 def ensure_chromium(session: nox.Session) -> None:
@@ -258,6 +258,14 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
     "tolerance": (
         [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps"],
         "benchmarks/tolerance/run.py",
+    ),
+    "safety": (
+        [
+            *(f"packages/{name}" for name in PACKAGES if name not in ("dg-apps", "dg-envs")),
+            "packages/dg-envs[web,miniwob]",
+            "apps",
+        ],
+        "benchmarks/safety/run.py",
     ),
 }
 
