@@ -80,8 +80,10 @@ def test_fit_trains_lora_on_chat_prompts_that_inference_renders_identically(
         step = trajectory.steps[0]
         query = ExperienceQuery(task=trajectory.task, history=(), state=step.state, action=step.action)
         rendered = backend._text(bundle.model.with_options(options).prompt(query))
-        assert rendered == example.prompt
-        assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("<|im_start|>assistant\n")
+        # Inference continues the answer's prefilled opening: the training prompt plus the start of its target.
+        assert example.response.startswith("<reasoning>")
+        assert rendered == example.prompt + "<reasoning>"
+        assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("<|im_start|>assistant\n<reasoning>")
     finally:
         bundle.buffer.close()
 
