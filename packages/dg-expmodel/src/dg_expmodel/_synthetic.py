@@ -214,7 +214,28 @@ class _SyntheticCore:
             self.write_back(task, steps)
 
 
-class BatchedSyntheticEnv(BatchedEnv):
+class _CoreCounters:
+    """The counters both synthetic envs read from their shared core."""
+
+    core: _SyntheticCore
+
+    @property
+    def parse_failures(self) -> int:
+        """Steps answered with the failure state because the model output did not parse."""
+        return self.core.parse_failures
+
+    @property
+    def placeholders_withheld(self) -> int:
+        """Failure placeholders (unparseable answers) not handed to ``write_back``."""
+        return self.core.placeholders_withheld
+
+    @property
+    def irreversible_stats(self) -> IrreversibleStats:
+        """Irreversible actions taken so far, and what the ``irreversible`` mode did with them."""
+        return self.core.irreversible_stats
+
+
+class BatchedSyntheticEnv(_CoreCounters, BatchedEnv):
     """Many synthetic episodes, one experience-model call per step of the batch.
 
     Args:
@@ -283,23 +304,8 @@ class BatchedSyntheticEnv(BatchedEnv):
         )
         return results
 
-    @property
-    def parse_failures(self) -> int:
-        """Steps answered with the failure state because the model output did not parse."""
-        return self.core.parse_failures
 
-    @property
-    def placeholders_withheld(self) -> int:
-        """Failure placeholders (unparseable answers) not handed to ``write_back``."""
-        return self.core.placeholders_withheld
-
-    @property
-    def irreversible_stats(self) -> IrreversibleStats:
-        """Irreversible actions taken so far, and what the ``irreversible`` mode did with them."""
-        return self.core.irreversible_stats
-
-
-class SyntheticEnv(Env):
+class SyntheticEnv(_CoreCounters, Env):
     """A single synthetic episode at a time (same arguments as :class:`BatchedSyntheticEnv`)."""
 
     source = Source.SYNTHETIC
@@ -347,21 +353,6 @@ class SyntheticEnv(Env):
         result = super().step(action)
         self.core.flush([(self.task, self.trajectory().steps[-1])])
         return result
-
-    @property
-    def parse_failures(self) -> int:
-        """Steps answered with the failure state because the model output did not parse."""
-        return self.core.parse_failures
-
-    @property
-    def placeholders_withheld(self) -> int:
-        """Failure placeholders (unparseable answers) not handed to ``write_back``."""
-        return self.core.placeholders_withheld
-
-    @property
-    def irreversible_stats(self) -> IrreversibleStats:
-        """Irreversible actions taken so far, and what the ``irreversible`` mode did with them."""
-        return self.core.irreversible_stats
 
 
 def _check_env_id(task: Task, env_ids: tuple[str, ...] | None) -> None:
