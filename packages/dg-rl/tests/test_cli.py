@@ -1,0 +1,200 @@
+"""``python -m dg_rl fit``: LightningCLI over the rollout data module and the GRPO / PPO modules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dg_rl.cli import main, read_task_file
+
+PACKAGE = Path(__file__).resolve().parents[1]
+CONFIGS = PACKAGE / "configs"
+TASKS = CONFIGS / "scripted-tasks.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main(args)`` runs as ``python -m dg_rl args`` would (LightningCLI warns when pytest's own arguments are
+    in ``sys.argv`` beside them)."""
+    monkeypatch.setattr(sys, "argv", ["dg_rl"])
+
+
+def tiny_config(root: Path, **changes: Any) -> dict[str, Any]:
+    """Two GRPO steps of a very small policy on the scripted corridor."""
+    config: dict[str, Any] = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "default_root_dir": str(root),
+            "enable_progress_bar": False,
+        },
+        "data": {
+            "env": "scripted",
+            "env_options": {"max_steps": 5},
+            "tasks": str(TASKS),
+            "split": "train",
+            "policy": {
+                "model": {
+                    "class_path": "dg_rl.cli.TinyModel",
+                    "init_args": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 400},
+                },
+            },
+            "group_size": 2,
+            "tasks_per_step": 2,
+            "updates_per_batch": 1,
+        },
+        "model": {
+            "class_path": "dg_rl.GRPOModule",
+            "init_args": {
+                "loss": {"class_path": "dg_rl.GRPOLoss", "init_args": {"kl_coef": 0.01}},
+                "learning_rate": 0.01,
+            },
+        },
+    }
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config
+
+
+def write(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_dir(root: Path) -> Path:
+    versions = sorted((root / "lightning_logs").glob("version_*"))
+    assert len(versions) == 1, versions
+    return versions[0]
+
+
+def printed(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_fit_as_a_module_trains_and_saves_the_config_beside_the_checkpoints(tmp_path: Path) -> None:
+    config = write(tmp_path / "fit.yaml", tiny_config(tmp_path / "run"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dg_rl", "fit", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=170,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_dir(tmp_path / "run")
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [path.name for path in checkpoints] == ["epoch=0-step=2.ckpt"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # beside checkpoints/
+    assert saved["data"]["tasks"] == str(TASKS)
+    assert saved["data"]["policy"]["model"]["init_args"]["hidden_size"] == 32
+    assert saved["model"]["init_args"]["loss"]["init_args"]["kl_coef"] == 0.01
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    # both batches were collected and trained on: 2 tasks x 2 episodes each
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    episodes = [float(row.split(",")[header.index("rollout/episodes")]) for row in metrics[1:]]
+    assert episodes == [4.0, 4.0]
+    # the trained policy, a Hugging Face directory, holds the checkpoint's weights
+    weights = load_file(run / "policy" / "model.safetensors")
+    trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    assert weights.keys() <= trained.keys()
+    assert all(torch.equal(weights[name], trained[name]) for name in weights)
+
+    # The saved config reproduces the run: same seed, same episodes, the same weights bit for bit.
+    again = tmp_path / "again"
+    rerun = yaml.safe_load((run / "config.yaml").read_text())
+    rerun["trainer"]["default_root_dir"] = str(again)
+    main(["fit", "--config", str(write(tmp_path / "rerun.yaml", rerun))])
+    repeated = load_file(run_dir(again) / "policy" / "model.safetensors")
+    assert all(torch.equal(weights[name], repeated[name]) for name in weights)
+
+
+def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path / "fit.yaml", tiny_config(tmp_path / "run"))
+    first = printed(capsys, ["fit", "--config", str(config), "--print_config"])
+    resolved = yaml.safe_load(first)
+    assert resolved["model"]["class_path"] == "dg_rl.GRPOModule"
+    assert resolved["data"]["policy"]["model"]["class_path"] == "dg_rl.cli.TinyModel"
+    assert resolved["data"]["group_size"] == 2
+    assert "max_batches" not in resolved["data"]  # linked from trainer.max_steps, not a setting
+    assert "policy" not in resolved["model"]["init_args"]  # the data module's policy, linked at instantiation
+    second = printed(capsys, ["fit", "--config", str(write(tmp_path / "printed.yaml", resolved)), "--print_config"])
+    assert second == first
+
+
+def test_ppo_and_string_sources_by_class_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    changes = {
+        "model": {"class_path": "dg_rl.PPOModule", "init_args": {"gamma": 0.9, "learning_rate": 0.001}},
+        "data.policy": {"model": "tiny", "mode": "generate", "max_turn_tokens": 4},
+    }
+    config = write(tmp_path / "ppo.yaml", tiny_config(tmp_path / "run", **changes))
+    resolved = yaml.safe_load(printed(capsys, ["fit", "--config", str(config), "--print_config"]))
+    assert resolved["model"]["class_path"] == "dg_rl.PPOModule"
+    assert resolved["model"]["init_args"]["gamma"] == 0.9
+    assert resolved["data"]["policy"]["model"] == "tiny"
+    main(["fit", "--config", str(config), "--trainer.max_steps=1"])
+    state = torch.load(next((run_dir(tmp_path / "run") / "checkpoints").glob("*.ckpt")), weights_only=True)
+    assert state["global_step"] == 1
+    assert "value_head.weight" in state["state_dict"]  # PPO's value head was trained with the policy
+
+
+def test_the_shipped_scripted_config_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["fit", "--config", str(CONFIGS / "fit-scripted.yaml"), f"--data.tasks={TASKS}", "--print_config"]
+    resolved = yaml.safe_load(printed(capsys, args))
+    assert resolved["data"]["policy"]["model"]["init_args"]["hidden_size"] == 64  # apps/configs/demo.yaml's policy
+    assert resolved["trainer"]["max_steps"] == 24
+    for name in ("fit-textworld.yaml", "fit-synthetic.yaml"):  # their envs live in other packages: parse only
+        text = yaml.safe_load((CONFIGS / name).read_text())
+        assert text["model"]["class_path"] == "dg_rl.GRPOModule"
+        assert text["data"]["policy"]["model"]["init_args"]["hidden_size"] == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data.group_sise": 2}, "group_sise"),
+        ({"data.env": "no-such-env"}, "unknown environment 'no-such-env'"),
+        ({"data.tasks": "/nonexistent/tasks.jsonl"}, "task file /nonexistent/tasks.jsonl not found"),
+        ({"data.split": "validation"}, "has no 'validation' tasks (its splits: test, train)"),
+        ({"data.env_options": {"max_stepz": 3}}, "does not take 'max_stepz'"),
+        ({"model.init_args.learning_rat": 0.1}, "learning_rat"),
+    ],
+)
+def test_bad_configs_fail_with_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], message: str
+) -> None:
+    config = write(tmp_path / "bad.yaml", tiny_config(tmp_path / "run", **change))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_task_file_errors_name_the_line(tmp_path: Path) -> None:
+    lines = TASKS.read_text().splitlines()
+    broken = tmp_path / "tasks.jsonl"
+    broken.write_text(lines[0] + "\n" + '{"id": "x"}\n')
+    with pytest.raises(Exception, match=r"tasks.jsonl:2: field env_id"):
+        read_task_file(broken)
+    assert [task.id for task in read_task_file(TASKS, split="test")] == ["corridor-8", "corridor-9"]
