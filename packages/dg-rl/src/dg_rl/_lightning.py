@@ -233,9 +233,12 @@ class _PolicyModule(L.LightningModule):
         metrics["train/advantage_mean"] = advantages.mean().detach()
         metrics["train/advantage_std"] = advantages.std(unbiased=False).detach()
         metrics["train/advantage_abs_max"] = advantages.abs().max().detach()
-        for key, value in zip(stats_keys(), batch["stats"].tolist(), strict=True):
-            metrics[f"rollout/{key}"] = float(value)
-        self.log_dict(metrics, batch_size=episodes)
+        # The training terms are this rank's: averaged over the ranks. The rollout statistics are already those of
+        # every rank's episodes (the data module gathers them), the same on every rank.
+        self.log_dict(metrics, batch_size=episodes, sync_dist=True)
+        values = batch["stats"].tolist()
+        rollout = {f"rollout/{key}": float(value) for key, value in zip(stats_keys(), values, strict=True)}
+        self.log_dict(rollout, batch_size=episodes)
         return total
 
 
