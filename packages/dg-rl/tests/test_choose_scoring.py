@@ -108,7 +108,7 @@ def test_choose_policy_decides_alike_with_either_scorer(
     def pack_rows_scores(model: torch.nn.Module, rows: PackedRows, **kwargs: Any) -> Any:
         return score_completions(model, rows, **kwargs)
 
-    monkeypatch.setattr("dg_rl._policy.score_candidates", pack_rows_scores)
+    monkeypatch.setattr("dg_rl._sampler.score_candidates", pack_rows_scores)
     packed_policy = make_policy("choose", seed=3, score_batch_rows=7)
     packed = [packed_policy.decide(requests()) for _ in range(4)]
     for shared_round, packed_round in zip(shared, packed, strict=True):

@@ -22,6 +22,7 @@ from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_
 from dg_rl._policy import ActionMode, Decision, LMPolicy, ScoreReduction
 from dg_rl._prompt import PromptFormat, parse_action
 from dg_rl._rollout import EpisodeRecord, RolloutEngine, Rollouts, RolloutStats, TurnRecord
+from dg_rl._sampler import RolloutSampler, Sample, TransformersSampler
 from dg_rl._scoring import (
     CompletionScores,
     PackedRows,
@@ -34,12 +35,14 @@ from dg_rl._scoring import (
 )
 from dg_rl._sft import behaviour_cloning, demonstrations
 from dg_rl._units import UnitScores, score_units
+from dg_rl._vllm import VLLM_VERSION, VLLMOutputError, VLLMSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
+    "VLLM_VERSION",
     "ActionMode",
     "Aggregation",
     "CompletionScores",
@@ -56,12 +59,17 @@ __all__ = [
     "RolloutBatch",
     "RolloutDataModule",
     "RolloutEngine",
+    "RolloutSampler",
     "RolloutStats",
     "Rollouts",
+    "Sample",
     "ScoreReduction",
     "TaskSource",
+    "TransformersSampler",
     "TurnRecord",
     "UnitScores",
+    "VLLMOutputError",
+    "VLLMSampler",
     "__version__",
     "aggregate",
     "apply_lora",

@@ -125,6 +125,7 @@ class _PolicyModule(L.LightningModule):
         self._refuse_non_finite(total, optimizer)
         optimizer.step()
         self._check_weights()
+        self.policy.after_update()  # the policy's sampler is sent these weights before it next samples
         return total.detach()
 
     def _trainable(self) -> list[nn.Parameter]:
@@ -215,6 +216,7 @@ class _PolicyModule(L.LightningModule):
         return total
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.policy.release_sampler_memory()  # the batch is collected: a colocated engine may sleep while we train
         self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

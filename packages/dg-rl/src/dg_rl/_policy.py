@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dg_core import Action, ConfigError, PolicyRequest
 from dg_rl._prompt import PromptFormat, parse_action
-from dg_rl._scoring import pack_rows, reduce_scores, sample_completions, score_candidates
+from dg_rl._sampler import RolloutSampler, TransformersSampler
 
 __all__ = ["ActionMode", "Decision", "LMPolicy", "ScoreReduction"]
 
@@ -72,6 +72,10 @@ class LMPolicy:
             uses it whenever the tokenizer has one (instruct models); tiny tokenizers have none. An action is
             an assistant turn: its ids end with the tokenizer's eos, which for chat models is the end-of-turn
             token (``<|im_end|>`` for SmolLM2), so what the policy is scored on is what the template writes.
+        sampler: What samples completions and scores candidates (:class:`~dg_rl.RolloutSampler`). ``None``
+            (default): a :class:`~dg_rl.TransformersSampler` over ``model``, which reads the live weights.
+            Another sampler (``dg_rl.VLLMSampler``) is sent ``model``'s weights before the first decision and
+            before the first decision after each :meth:`after_update`.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class LMPolicy:
         score_batch_rows: int = 256,
         score_reduction: ScoreReduction = "mean",
         chat: bool | None = None,
+        sampler: RolloutSampler | None = None,
     ) -> None:
         if mode not in ("choose", "generate"):
             raise ConfigError(f"mode must be 'choose' or 'generate', got {mode!r}")
@@ -115,6 +120,12 @@ class LMPolicy:
         self.eos_id = int(tokenizer.eos_token_id)
         self._policy_id = policy_id
         self.generator = torch.Generator().manual_seed(seed)
+        self.sampler: RolloutSampler = sampler or TransformersSampler(
+            model, pad_id=self.pad_id, score_batch_rows=score_batch_rows
+        )
+        # The sampler is sent the weights before it is first used, and after each update (lazily, so that a
+        # sampler that copies weights copies them once per collection, inside whatever context gathers them).
+        self._weights_changed = True
 
     @property
     def policy_id(self) -> str:
@@ -125,6 +136,22 @@ class LMPolicy:
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
+
+    def after_update(self) -> None:
+        """Say that ``model``'s weights changed (an optimiser step): the sampler gets them before it next samples.
+
+        The Lightning modules call it after every optimiser step; call it after changing the weights by hand.
+        """
+        self._weights_changed = True
+
+    def release_sampler_memory(self) -> None:
+        """Let the sampler free the accelerator memory it holds (training runs next)."""
+        self.sampler.release_memory()
+
+    def _ready_sampler(self) -> None:
+        if self._weights_changed or self.sampler.synced_model is not self.model:
+            self.sampler.sync_weights(self.model)
+            self._weights_changed = False
 
     def act(self, requests: Sequence[PolicyRequest]) -> list[Action]:
         """One action per request (the :class:`~dg_core.Policy` protocol)."""
@@ -175,6 +202,7 @@ class LMPolicy:
         if not requests:
             return []
         encoded = [self.encode_prompt(request) for request in requests]
+        self._ready_sampler()
         if self.mode == "choose":
             return self._choose(requests, encoded)
         budgets = list(max_new_tokens) if max_new_tokens is not None else [self.max_turn_tokens] * len(requests)
@@ -224,32 +252,20 @@ class LMPolicy:
     @torch.no_grad()
     def candidate_scores(self, prompts: list[list[int]], actions: list[list[int]]) -> torch.Tensor:
         """Score (see ``score_reduction``) of each ``actions[i]`` after ``prompts[i]``, float32 on the CPU."""
-        out = []
-        for start in range(0, len(prompts), self.score_batch_rows):
-            chunk = slice(start, start + self.score_batch_rows)
-            rows = pack_rows(prompts[chunk], actions[chunk], pad_id=self.pad_id, device=self.device)
-            scores = score_candidates(self.model, rows)  # each prompt's KV cache shared by its candidates
-            out.append(reduce_scores(scores.logprobs, rows.completion_lengths, self.score_reduction).float().cpu())
-        return torch.cat(out)
+        self._ready_sampler()
+        return self.sampler.score(prompts, actions, reduction=self.score_reduction)
 
     def _generate(
         self, requests: Sequence[PolicyRequest], encoded: list[tuple[list[int], bool]], budgets: list[int]
     ) -> list[Decision]:
         prompts = [prompt for prompt, _ in encoded]
         budgets = [max(0, min(budget, self.max_turn_tokens)) for budget in budgets]
-        tokens, logprobs = sample_completions(
-            self.model,
-            prompts,
-            budgets,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            temperature=self.temperature,
-            generator=self.generator,
+        samples = self.sampler.sample(
+            prompts, budgets, temperature=self.temperature, stop_token_ids=(self.eos_id,), generator=self.generator
         )
         decisions = []
         for index, request in enumerate(requests):
-            ids = tokens[index]
-            ended = bool(ids) and ids[-1] == self.eos_id
+            ids = samples[index].token_ids
             text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             action_text = parse_action(text, request.state.available_actions)
             decisions.append(
@@ -257,9 +273,9 @@ class LMPolicy:
                     action=Action(text=action_text if action_text is not None else text.strip(), raw=text),
                     prompt_ids=prompts[index],
                     completion_ids=ids,
-                    logprobs=logprobs[index],
+                    logprobs=samples[index].logprobs,
                     parsed=action_text is not None,
-                    turn_truncated=not ended,
+                    turn_truncated=not samples[index].stopped,
                     prompt_truncated=encoded[index][1],
                 )
             )

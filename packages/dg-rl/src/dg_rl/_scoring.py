@@ -422,14 +422,16 @@ def sample_completions(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: Sequence[int],
     *,
-    eos_id: int,
     pad_id: int,
+    eos_id: int | None = None,
+    stop_token_ids: Sequence[int] = (),
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Sample completions token by token with a KV cache, from the full softmax (no top-k / top-p).
 
-    Each row stops at ``eos_id`` (kept as its last token) or after its own ``max_new_tokens``.
+    Each row stops at ``eos_id`` or any of ``stop_token_ids`` (kept as its last token), or after its own
+    ``max_new_tokens``.
 
     Returns:
         The sampled ids of each row and the log-probability of each sampled token.
@@ -445,6 +447,8 @@ def sample_completions(
     ids, attention = ids.to(device), attention.to(device)
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     limits = torch.tensor(list(max_new_tokens), device=device)
+    stops = torch.tensor(sorted({*stop_token_ids, *(() if eos_id is None else (eos_id,))}), dtype=torch.long)
+    stops = stops.to(device)
     running = limits > 0
     tokens: list[list[int]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
@@ -465,7 +469,7 @@ def sample_completions(
         for row in torch.nonzero(running).flatten().tolist():
             tokens[row].append(int(chosen[row]))
             logprobs[row].append(float(chosen_logprob[row]))
-        running = running & (chosen != eos_id) & (limits > step + 1)
+        running = running & ~torch.isin(chosen, stops) & (limits > step + 1)
         if not bool(running.any()):
             break
         step_ids = torch.where(running, chosen, torch.full_like(chosen, pad_id)).unsqueeze(1)

@@ -59,6 +59,7 @@ def behaviour_cloning(
             optimizer.step()
             losses.append(float(loss.detach()))
         history.append(sum(losses) / max(1, len(losses)))
+    policy.after_update()  # a sampler with its own copy of the weights gets the cloned ones
     return history
 
 
