@@ -23,6 +23,7 @@ from dg_expmodel import (
     mmd_permutation_test,
     set_f1,
     token_f1,
+    transition_error,
 )
 from dg_replay import HashingEncoder
 from tests.conftest import collect
@@ -179,6 +180,19 @@ def test_success_and_done_precision_recall_on_a_hand_made_case(tmp_path: Path) -
     table = (tmp_path / "audit.md").read_text().splitlines()
     assert "success P / R (positives) | done P / R (positives)" in table[0]
     assert table[2].startswith("| full | 0.143 | 0.000 | 0.500 / 0.500 (2) | 0.667 / 0.667 (3) | 1.000 |")
+    # On the controlled-error simulator's scale: the model ends a1 (a premature win: a reward error), a2 and b1;
+    # a1 is a premature done and c1 a missed done, the other five steps carry no transition error.
+    scale = forced.simulator
+    assert (scale.reward_eligible, scale.reward_errors, scale.eps_r) == (3, 1, pytest.approx(1 / 3))
+    assert scale.transition_errors == {"premature_done": 1, "missed_done": 1}
+    assert scale.eps_p == pytest.approx(2 / 7)
+    assert saved["simulator_scale"]["eps_R"] == pytest.approx(1 / 3)
+    assert saved["simulator_scale"]["transition_errors"] == {"premature_done": 1, "missed_done": 1}
+    assert any(
+        line.startswith("On the controlled-error simulator's scale") and "eps_R 0.333 (1 of 3" in line
+        and "eps_P 0.286" in line
+        for line in table
+    )
 
 
 def test_audit_of_an_untrained_llm_counts_parse_failures(tiny_model: Any, tokenizer: Any) -> None:
@@ -269,3 +283,37 @@ def test_irreversible_tag_precision_and_recall_on_a_hand_made_case(tmp_path: Pat
     assert report.row("full").open_loop.first_failure == {"wrong_actions": 1}  # type: ignore[union-attr]
     untagged = TagStats.of([(), ("x",)], [(), ()])
     assert untagged.precision is None and untagged.recall is None and untagged.false_alarm_rate == 0.5
+
+
+def test_transition_errors_follow_the_typology_step_by_step() -> None:
+    real = Step(
+        state=State(text="Kitchen\nThere is a coin and a lamp here.", available_actions=("take coin", "go east")),
+        action=Action(text="go east"),
+        next_state=State(
+            text="Pantry\nYou see a red box here.", available_actions=("open box", "go west"), irreversible_actions=()
+        ),
+        reward=0.0,
+        done=False,
+        step_index=0,
+    )
+    query = ExperienceQuery(task=scripted_task("t"), history=(), state=real.state, action=real.action)
+
+    def kind(text: str, actions: tuple[str, ...] = ("open box", "go west"), **fields: Any) -> str | None:
+        options: dict[str, Any] = {"parse_ok": True, "done": False, **fields}
+        state = State(text=text, available_actions=actions)
+        return transition_error(options["parse_ok"], options["done"], state, real, query)
+
+    exact = "Pantry\nYou see a red box here."
+    assert kind(exact) is None
+    assert kind(exact, ("open box",)) == "wrong_actions"
+    assert kind(exact, parse_ok=False) == "parse_failure"
+    assert kind(exact, done=True) == "premature_done"
+    assert kind("Cellar\nIt is dark and damp in here, full of cobwebs.") == "wrong_place"
+    assert kind("Pantry\nYou see a red box and a golden trophy and a sword here.") == "invented_object"
+    assert kind("Pantry\nYou see nothing here.") == "missing_object"
+    # A word of the state the agent came from is not invented: the kitchen's lamp here only leaves "red" missing.
+    assert kind("Pantry\nYou see a lamp here, no box.") == "missing_object"
+    # Text within token F1 0.9 of the real one (one word short of seven) with the right actions is no error.
+    assert kind("Pantry\nYou see a box here.") is None
+    ended = real.model_copy(update={"done": True, "reward": 1.0})
+    assert transition_error(True, False, real.next_state, ended, query) == "missed_done"

@@ -98,4 +98,12 @@ def test_quick_textworld_audit(tmp_path: Path) -> None:
         assert forced.per_group.keys() == {"textworld"}
         assert row.open_loop is not None and row.open_loop.episodes == 1
         assert row.open_loop.faithful_episodes + sum(row.open_loop.first_failure.values()) == 1
-    assert (tmp_path / "audit" / "audit.md").read_text().count("\n") == len(ABLATIONS) + 2
+        # Every parse failure is a transition error on the simulator's scale; parsed steps are counted by kind.
+        scale = forced.simulator
+        assert scale.steps == steps and scale.transition_errors.get("parse_failure", 0) == round(
+            forced.parse_failure_rate * steps
+        )
+        assert scale.eps_p is not None and scale.eps_p >= forced.parse_failure_rate - 1e-12
+    lines = (tmp_path / "audit" / "audit.md").read_text().splitlines()
+    assert sum(line.startswith("|") for line in lines) == len(ABLATIONS) + 2
+    assert lines[-1].startswith("On the controlled-error simulator's scale (the tolerance map's axes; full)")

@@ -19,7 +19,16 @@ from dg_expmodel._annotate import (
     annotation_request,
     step_key,
 )
-from dg_expmodel._audit import ABLATIONS, FAILURE_TYPES, Ablation, OpenLoop, TeacherForced, hallucinated_entities
+from dg_expmodel._audit import (
+    ABLATIONS,
+    FAILURE_TYPES,
+    Ablation,
+    OpenLoop,
+    SimulatorScale,
+    TeacherForced,
+    hallucinated_entities,
+    transition_error,
+)
 from dg_expmodel._audit_metrics import BinaryStats, TagStats, content_words, mmd_permutation_test, set_f1, token_f1
 from dg_expmodel._audit_report import AuditReport, AuditRow, audit_experience_model, write_report
 from dg_expmodel._backends import (
@@ -146,6 +155,7 @@ __all__ = [
     "RuleBasedAnnotator",
     "SFTExample",
     "Sampling",
+    "SimulatorScale",
     "SyntheticEnv",
     "TagStats",
     "TeacherForced",
@@ -182,6 +192,7 @@ __all__ = [
     "token_f1",
     "tokenize_examples",
     "train_tokenizer",
+    "transition_error",
     "with_initial_state",
     "write_report",
 ]

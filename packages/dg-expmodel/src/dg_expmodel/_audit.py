@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dg_core import ExperienceModel, ExperiencePrediction, ExperienceQuery, Step, Trajectory
+from dg_core import ExperienceModel, ExperiencePrediction, ExperienceQuery, State, Step, Trajectory
 from dg_expmodel._audit_metrics import (
     BinaryStats,
     TagStats,
@@ -94,6 +94,70 @@ def _group(task_metadata: dict[str, Any], env_id: str) -> str:
 
 
 @dataclass
+class SimulatorScale:
+    """The teacher-forced errors counted as :class:`~dg_expmodel.PerturbedEnv` injects them, so that a learned
+    model can be placed on the tolerance map of the controlled-error simulators (``benchmarks/tolerance``).
+
+    ``eps_p`` is the share of steps with a transition error of the typology (one kind per step, the first in the
+    order of :func:`transition_error`; a parse failure counts: the synthetic env answers it with the failure state,
+    the state unchanged).
+    ``eps_r`` is the share of the steps the model ends (predicts done) whose success is not the real step's: the
+    simulator's reward errors fall on the steps that end the episode as the agent sees it. Neither is the
+    headline eps_R (all steps) / eps_P (1 - token F1) of the audit."""
+
+    steps: int = 0
+    transition_errors: dict[str, int] = field(default_factory=dict)
+    reward_eligible: int = 0
+    reward_errors: int = 0
+
+    @property
+    def eps_p(self) -> float | None:
+        """Transition errors per step (None without steps)."""
+        return sum(self.transition_errors.values()) / self.steps if self.steps else None
+
+    @property
+    def eps_r(self) -> float | None:
+        """Reward errors per step the model ended (None when it ended none)."""
+        return self.reward_errors / self.reward_eligible if self.reward_eligible else None
+
+    @classmethod
+    def of(
+        cls,
+        queries: Sequence[ExperienceQuery],
+        predictions: Sequence[ExperiencePrediction],
+        real: Sequence[Step],
+        threshold: float = 0.9,
+    ) -> SimulatorScale:
+        """Count the errors of teacher-forced ``predictions`` of the ``real`` steps."""
+        kinds: Counter[str] = Counter()
+        eligible = errors = 0
+        for query, prediction, step in zip(queries, predictions, real, strict=True):
+            kind = transition_error(prediction.parse_ok, prediction.done, prediction.next_state, step, query, threshold)
+            if kind is not None:
+                kinds[kind] += 1
+            if prediction.done:
+                eligible += 1
+                errors += _success(prediction.reward, prediction.done) != _success(step.reward, step.done)
+        return cls(
+            steps=len(real),
+            transition_errors={name: kinds[name] for name in FAILURE_TYPES if kinds[name]},
+            reward_eligible=eligible,
+            reward_errors=errors,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the JSON report."""
+        return {
+            "eps_R": self.eps_r,
+            "eps_P": self.eps_p,
+            "steps": self.steps,
+            "transition_errors": self.transition_errors,
+            "reward_eligible": self.reward_eligible,
+            "reward_errors": self.reward_errors,
+        }
+
+
+@dataclass
 class TeacherForced:
     """Per-step teacher-forced results of one ablation."""
 
@@ -113,6 +177,8 @@ class TeacherForced:
     steps: int = 0
     irreversible: TagStats = field(default_factory=lambda: TagStats.of([], []))
     """Irreversible-action tags of the predicted next states against the real ones."""
+    simulator: SimulatorScale = field(default_factory=SimulatorScale)
+    """The same errors on the controlled-error simulator's scale (for the tolerance map)."""
 
     @property
     def eps_r(self) -> float:
@@ -141,6 +207,7 @@ class TeacherForced:
             "hallucinated_entities_per_step": self.hallucinated_per_step,
             "parse_failure_rate": self.parse_failure_rate,
             "irreversible_tags": self.irreversible.as_dict(),
+            "simulator_scale": self.simulator.as_dict(),
             "mmd2": self.mmd2,
             "mmd_p_value": self.mmd_p_value,
             "per_group": self.per_group,
@@ -256,19 +323,15 @@ def teacher_forced(
         irreversible=TagStats.of(
             [p.next_state.irreversible_actions for p in predictions], [r.next_state.irreversible_actions for r in real]
         ),
+        simulator=SimulatorScale.of(queries, predictions, real),
     )
 
 
-def _first_failure(synthetic: Step, real: Step, context: ExperienceQuery, threshold: float) -> str | None:
-    if synthetic.info.get("parse_ok") is False:
-        return "parse_failure"
-    if synthetic.done and not real.done:
-        return "premature_done"
-    if real.done and not synthetic.done:
-        return "missed_done"
-    if synthetic.reward != real.reward:
-        return "wrong_reward"
-    predicted, actual = synthetic.next_state, real.next_state
+STATE_ERROR_TYPES = ("wrong_place", "invented_object", "missing_object", "wrong_actions", "other")
+"""Transition errors in the next state itself (after the done checks)."""
+
+
+def _state_error(predicted: State, actual: State, context: ExperienceQuery, threshold: float) -> str | None:
     if token_f1(predicted.text, actual.text) >= threshold:
         same_actions = set_f1(predicted.available_actions, actual.available_actions) == 1.0
         same_tags = set(predicted.irreversible_actions) == set(actual.irreversible_actions)
@@ -282,6 +345,31 @@ def _first_failure(synthetic: Step, real: Step, context: ExperienceQuery, thresh
     if content_words(actual.text) - content_words(predicted.text):
         return "missing_object"
     return "other"
+
+
+def transition_error(
+    parse_ok: bool, done: bool, next_state: State, real: Step, context: ExperienceQuery, threshold: float = 0.9
+) -> str | None:
+    """The typology's kind of transition error in one predicted step against the real one (reward aside), or
+    None: parse failure, then early / missed done, then the next state (text token F1 under ``threshold``: wrong
+    place, invented or missing object, other; above it, a different action or tag set: wrong actions)."""
+    if not parse_ok:
+        return "parse_failure"
+    if done and not real.done:
+        return "premature_done"
+    if real.done and not done:
+        return "missed_done"
+    return _state_error(next_state, real.next_state, context, threshold)
+
+
+def _first_failure(synthetic: Step, real: Step, context: ExperienceQuery, threshold: float) -> str | None:
+    parse_ok = synthetic.info.get("parse_ok") is not False
+    kind = transition_error(parse_ok, synthetic.done, synthetic.next_state, real, context, threshold)
+    if kind in ("parse_failure", "premature_done", "missed_done"):
+        return kind
+    if synthetic.reward != real.reward:
+        return "wrong_reward"
+    return kind
 
 
 def open_loop(

@@ -83,7 +83,20 @@ class AuditReport:
                 f"{tf.exact_match:.3f} | {tf.action_f1:.3f} | {tf.hallucination_rate:.3f} | "
                 f"{tf.parse_failure_rate:.3f} | {mmd} | {loop} | {_tags(tf.irreversible)} |"
             )
+        lines += ["", _simulator_line(self.rows[0])] if self.rows else []
         return "\n".join(lines)
+
+
+def _simulator_line(row: AuditRow) -> str:
+    scale = row.teacher_forced.simulator
+    eps_r = "-" if scale.eps_r is None else f"{scale.eps_r:.3f}"
+    eps_p = "-" if scale.eps_p is None else f"{scale.eps_p:.3f}"
+    kinds = ", ".join(f"{kind} {count}" for kind, count in scale.transition_errors.items()) or "none"
+    return (
+        f"On the controlled-error simulator's scale (the tolerance map's axes; {row.ablation.name}): eps_R {eps_r} "
+        f"({scale.reward_errors} of {scale.reward_eligible} steps the model ends), eps_P {eps_p} (steps with a "
+        f"transition error; {kinds})."
+    )
 
 
 def _precision_recall(stats: BinaryStats) -> str:
