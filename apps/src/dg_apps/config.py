@@ -8,6 +8,7 @@ the accepted values.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 from collections.abc import Iterator
@@ -70,6 +71,21 @@ class EnvConfig(Strict):
     """Other keyword arguments of the env's constructor."""
 
 
+class VLLMSamplerConfig(Strict):
+    """The colocated vLLM engine of ``policy.sampler: vllm`` (written against vLLM 0.22.1, never run: unverified)."""
+
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """Share of the GPU's memory the engine may take; training needs the rest."""
+    enable_sleep_mode: bool = False
+    """Sleep while the trainer updates, wake to collect (frees the engine's memory during updates)."""
+    sleep_level: Literal[1, 2] = 1
+    """1 keeps the weights in host memory while asleep; 2 discards them (full fine-tuning only)."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    """Longest prompt + completion the engine serves (``None``: the model config's)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    """Engine dtype."""
+
+
 class PolicyConfig(Strict):
     """The agent: a causal LM, tiny and built here or loaded from a directory / hub id."""
 
@@ -93,6 +109,12 @@ class PolicyConfig(Strict):
     temperature: float = Field(default=1.0, gt=0)
     lora: bool = False
     """Train LoRA adapters only (needs ``dg-apps[lora]``)."""
+    sampler: Literal["transformers", "vllm"] = "transformers"
+    """What samples the rollouts: ``transformers`` (this process, the weights being trained; runs everywhere) or
+    ``vllm`` (a vLLM engine beside the trainer on the GPU, sent the weights or the LoRA adapter after each update;
+    needs ``dg-apps[gpu]`` and a CUDA accelerator; written against vLLM 0.22.1 and never run: unverified)."""
+    vllm: VLLMSamplerConfig = Field(default_factory=VLLMSamplerConfig)
+    """Settings of the vLLM sampler (read only with ``sampler: vllm``)."""
 
 
 class AlgorithmConfig(Strict):
@@ -304,6 +326,11 @@ class TrainConfig(Strict):
     """Keyword arguments of ``lightning.Trainer`` (accelerator, devices, strategy, precision...)."""
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _sampler_fits_the_machine(self) -> TrainConfig:
+        check_sampler(self.policy, self.trainer)
+        return self
+
 
 class S2RConfig(Strict):
     """``dg s2r``: a synthetic phase, then a real phase limited to ``real_budget`` real transitions."""
@@ -360,6 +387,29 @@ class DemoConfig(Strict):
     audit_open_loop: int = Field(default=4, ge=0)
     trainer: dict[str, Any] = Field(default_factory=lambda: {"accelerator": "cpu"})
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _sampler_fits_the_machine(self) -> DemoConfig:
+        check_sampler(self.policy, self.trainer)
+        return self
+
+
+def check_sampler(policy: PolicyConfig, trainer: dict[str, Any]) -> None:
+    """Refuse ``policy.sampler: vllm`` where it cannot run: a CPU trainer, no vLLM installed, no CUDA device."""
+    if policy.sampler != "vllm":
+        return
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator == "cpu":
+        raise ValueError(
+            "policy.sampler=vllm runs a vLLM engine on the GPU beside the trainer; trainer.accelerator is 'cpu' "
+            "(set trainer.accelerator=gpu, or policy.sampler=transformers)"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError('policy.sampler=vllm needs vLLM, which is not installed: pip install "dg-apps[gpu]"')
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("policy.sampler=vllm needs a CUDA device and none is visible")
 
 
 @cache

@@ -78,7 +78,9 @@ def policy_dir(path: str | Path) -> Path:
     raise ConfigError(f"{path} is not a policy directory (no {POLICY_META}; `dg train` writes RUN/policy)")
 
 
-def _lm_policy(model: Any, tokenizer: Any, config: PolicyConfig, seed: int, policy_id: str) -> Any:
+def _lm_policy(
+    model: Any, tokenizer: Any, config: PolicyConfig, seed: int, policy_id: str, *, sampler: Any = None
+) -> Any:
     from dg_rl import LMPolicy, PromptFormat
 
     return LMPolicy(
@@ -92,6 +94,25 @@ def _lm_policy(model: Any, tokenizer: Any, config: PolicyConfig, seed: int, poli
         policy_id=policy_id,
         seed=seed,
         chat=config.chat,
+        sampler=sampler,
+    )
+
+
+def rollout_sampler(model: Any, config: PolicyConfig, seed: int) -> Any:
+    """The sampler ``config.sampler`` names for ``model``: ``None`` (the policy's transformers sampler) or a
+    ``dg_rl.VLLMSampler`` (GPU only; written against vLLM 0.22.1 and never run)."""
+    if config.sampler != "vllm":
+        return None
+    from dg_rl import VLLMSampler
+
+    return VLLMSampler(
+        model,
+        dtype=config.vllm.dtype,
+        gpu_memory_utilization=config.vllm.gpu_memory_utilization,
+        enable_sleep_mode=config.vllm.enable_sleep_mode,
+        sleep_level=config.vllm.sleep_level,
+        max_model_len=config.vllm.max_model_len,
+        seed=seed,
     )
 
 
@@ -153,7 +174,7 @@ def build_policy(
         model.train()  # loaded in eval mode; this policy is about to be trained
     if config.lora:
         model = apply_lora(model)
-    return _lm_policy(model, tokenizer, config, seed, policy_id)
+    return _lm_policy(model, tokenizer, config, seed, policy_id, sampler=rollout_sampler(model, config, seed))
 
 
 def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
@@ -167,8 +188,14 @@ def save_policy(policy: Any, config: PolicyConfig, path: str | Path) -> Path:
     return path
 
 
-def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None) -> Any:
+def load_policy(
+    path: str | Path, *, seed: int = 0, policy_id: str | None = None, sampler: PolicyConfig | None = None
+) -> Any:
     """Load a policy directory (or a ``dg train`` run directory) with the settings it was saved with.
+
+    ``sampler``: the policy settings whose ``sampler`` to use (a resumed ``dg train`` run's); ``None`` samples in
+    this process (transformers), whatever the policy was trained with.
+
 
     Any other model source (``smollm2``, a ``.gguf`` file, a Hugging Face directory) is a zero-shot policy
     with the default settings (choose mode, no history, mean log-prob scores; chat prompts for instruct models).
@@ -185,7 +212,8 @@ def load_policy(path: str | Path, *, seed: int = 0, policy_id: str | None = None
         return _lm_policy(model, tokenizer, zero_shot, seed, policy_id or Path(path).name)
     config = PolicyConfig.model_validate(json.loads((folder / POLICY_META).read_text()))
     model, tokenizer = load_lm(folder, dtype=config.dtype)
-    return _lm_policy(model, tokenizer, config, seed, policy_id or folder.parent.name)
+    chosen = rollout_sampler(model, sampler, seed) if sampler is not None else None
+    return _lm_policy(model, tokenizer, config, seed, policy_id or folder.parent.name, sampler=chosen)
 
 
 class ExpModelBundle:

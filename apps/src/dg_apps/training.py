@@ -282,7 +282,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     data = read_data(config.data)
     initial_dir = run.path / "policy-initial"
     if initial_dir.exists():
-        policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name)
+        policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name, sampler=config.policy)
     else:
         policy = build_policy(config.policy, trajectories=data, tasks=tasks, seed=config.seed, policy_id=run.path.name)
         partial = initial_dir.with_name(initial_dir.name + ".partial")  # a kill while saving leaves no half folder
