@@ -267,6 +267,17 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         ],
         "benchmarks/safety/run.py",
     ),
+    # The device machine runs it through benchmarks/gpu/run.sh; here: `nox -s bench -- gpu --device cpu --size tiny`.
+    "gpu": (
+        [
+            "packages/dg-core",
+            "packages/dg-models",
+            "packages/dg-replay",
+            "packages/dg-expmodel[train]",
+            "packages/dg-rl",
+        ],
+        "benchmarks/gpu/check.py",
+    ),
 }
 
 
