@@ -21,11 +21,13 @@ from dg_rl import (
     LMPolicy,
     RolloutDataModule,
     RolloutEngine,
+    Sample,
     TransformersSampler,
     VLLMOutputError,
     VLLMSampler,
     apply_lora,
 )
+from dg_rl._scoring import score_unshared
 from dg_rl._vllm import (
     check_settings,
     completion_logprobs,
@@ -45,6 +47,61 @@ class TestTransformersSampler(RolloutSamplerConformance):
     @pytest.fixture
     def sampler(self, model: nn.Module) -> TransformersSampler:
         return TransformersSampler(model, pad_id=0, score_batch_rows=4)  # 4 rows: scores come in chunks
+
+
+# -- the suite has teeth: three samplers with the mistakes it exists to catch fail it ---------------------------
+
+
+class MissesUpdates(TransformersSampler):
+    """Samples a copy of the weights it was built with and ignores syncs (an engine nobody pushes weights to)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(copy.deepcopy(model), pad_id=0)
+
+    def _sync_weights(self, model: nn.Module) -> None:
+        pass
+
+
+class ReportsRawLogprobs(TransformersSampler):
+    """Samples at the temperature but reports temperature-1 log-probs (vLLM's default ``raw_logprobs`` mode)."""
+
+    def _sample(self, prompts: list[list[int]], max_new_tokens: list[int], **options: Any) -> list[Sample]:
+        samples = super()._sample(prompts, max_new_tokens, **options)
+        raw = score_unshared(self.model, prompts, [s.token_ids for s in samples], pad_id=0).logprobs
+        return [
+            Sample(token_ids=s.token_ids, logprobs=raw[i, : len(s.token_ids)].tolist(), stopped=s.stopped)
+            for i, s in enumerate(samples)
+        ]
+
+
+class DropsStopTokens(TransformersSampler):
+    """Leaves the stop token out of the ids (what the loss would then never see)."""
+
+    def _sample(self, prompts: list[list[int]], max_new_tokens: list[int], **options: Any) -> list[Sample]:
+        samples = super()._sample(prompts, max_new_tokens, **options)
+        return [
+            Sample(token_ids=s.token_ids[:-1], logprobs=s.logprobs[:-1], stopped=True) if s.stopped else s
+            for s in samples
+        ]
+
+
+def test_the_conformance_suite_fails_samplers_with_known_mistakes(
+    make_model: Callable[..., Qwen2ForCausalLM],
+) -> None:
+    suite = TestTransformersSampler()
+    model = make_model(0)
+    vocab = int(model.config.vocab_size)
+    ids = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, vocab, (3 + index,), generator=ids).tolist() for index in range(6)]
+    suite.test_sync_after_an_update_samples_the_new_weights(TransformersSampler(model, pad_id=0), model, prompts)
+    with pytest.raises(AssertionError):
+        suite.test_sync_after_an_update_samples_the_new_weights(MissesUpdates(model), model, prompts)
+    suite.test_logprobs_are_the_models_own(ReportsRawLogprobs(model, pad_id=0), model, prompts, 1.0)  # same at T=1
+    with pytest.raises(AssertionError):
+        suite.test_logprobs_are_the_models_own(ReportsRawLogprobs(model, pad_id=0), model, prompts, 0.7)
+    suite.test_stop_tokens_end_completions(TransformersSampler(model, pad_id=0), prompts)
+    with pytest.raises(AssertionError):
+        suite.test_stop_tokens_end_completions(DropsStopTokens(model, pad_id=0), prompts)
 
 
 class CountingSampler(TransformersSampler):
