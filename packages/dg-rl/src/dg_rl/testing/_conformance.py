@@ -13,9 +13,10 @@ fresh one per test) and the sampler built over it::
             return MySampler(model)
 
 Every log-prob a sampler reports is checked against the model's own ``log_softmax(logits / temperature)`` of
-the sampled id, recomputed by a plain forward pass (:func:`~dg_rl.score_unshared`). Class attributes tune it:
-``logprob_atol`` (an engine in bfloat16 needs a looser one than the float32 default), ``temperature``,
-``max_new_tokens``, ``prompt_count``. A GPU user runs it against ``VLLMSampler`` the same way.
+the sampled id, recomputed by a plain forward pass over each full row (``dg_rl._scoring.score_unshared``).
+Class attributes tune it: ``logprob_atol`` (an engine in bfloat16 needs a looser one than the float32
+default), ``temperature``, ``max_new_tokens``, ``prompt_count``. A GPU user runs it against ``VLLMSampler`` the
+same way.
 """
 
 from __future__ import annotations
