@@ -8,6 +8,7 @@
     dg eval            ...
     dg tasks           [--config FILE] [--set KEY=VALUE ...] [--output FILE]   a task panel as an editable task file
     dg demo            [--quick] [--output DIR]
+    dg export-cli      [--config FILE] [--set KEY=VALUE ...] --output DIR     a dg train config for python -m dg_rl fit
     dg resume DIR      continue (or repeat) the run in DIR with the config it was started with
     dg configs         list the configs shipped with dg (usable by name: --config demo-quick)
     dg envs            list the registered environments
@@ -38,6 +39,7 @@ from dg_apps.config import (
     S2RConfig,
     TasksConfig,
     TrainConfig,
+    check_machine,
     load_config,
 )
 from dg_apps.rundir import RunDir, default_run_dir
@@ -158,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--config", help="YAML config file, or the name of a shipped config (see `dg configs`)")
     tasks.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tasks.add_argument("--output", type=Path, default=Path("tasks.jsonl"), help="the task file (default tasks.jsonl)")
+    export_help = "a dg train config as the LightningCLI config of `python -m dg_rl fit` (the same run)"
+    export = sub.add_parser("export-cli", help=export_help, description=export_help)
+    export.add_argument("--config", help="a dg train config (YAML file or shipped name)")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    export.add_argument("--output", type=Path, required=True, help="folder for fit.yaml, tasks.jsonl and the run")
     resume = sub.add_parser("resume", help="continue the run in a directory with its own config")
     resume.add_argument("directory", type=Path)
     resume.add_argument("--no-progress", action="store_true")
@@ -200,6 +207,7 @@ def check_checkpoints(run: Path) -> None:
 
 def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> dict[str, Any]:
     _, runner, _ = COMMANDS[command]
+    check_machine(config)  # a GPU trainer on a machine without one is refused before the run directory exists
     check_output(output)
     run = RunDir.start(output, command, config)
     if run.done:
@@ -238,6 +246,12 @@ def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             load_config(TasksConfig, config_path(args.config) if args.config else None, list(args.overrides)),
             args.output,
         )
+    if args.command == "export-cli":
+        from dg_apps.export import export_train_config
+
+        check_output(args.output)
+        train = load_config(TrainConfig, config_path(args.config) if args.config else None, list(args.overrides))
+        return export_train_config(train, args.output)
     if args.command == "resume":
         check_output(args.directory, "dg resume")
         meta = RunDir.read_meta(args.directory)
