@@ -37,15 +37,29 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field
 
-from dg_apps.config import DemoConfig, ErrorKind, EvalConfig, SyntheticConfig, TrainConfig, load_config
+from dg_apps.commands import run_audit, run_collect, run_fit
+from dg_apps.config import (
+    AuditConfig,
+    CollectConfig,
+    DemoConfig,
+    ErrorKind,
+    EvalConfig,
+    ExpModelConfig,
+    FitConfig,
+    Strict,
+    SyntheticConfig,
+    TrainConfig,
+    load_config,
+)
 from dg_apps.demo import collect_data, initial_policy, run_stage
 from dg_apps.evaluation import run_eval
 from dg_apps.rundir import RunDir
+from dg_apps.tolerance import TOLERANCE_DATA, map_file
 from dg_apps.training import run_train
 
 HERE = Path(__file__).resolve().parent
@@ -53,14 +67,29 @@ RESULTS = HERE.parents[0] / "results"
 SMOKE_CONFIGS = ("quick",)
 
 
+class LearnedModel(Strict):
+    """An experience model placed on the map: fitted on the benchmark's own data, audited on its held-out
+    episodes, then GRPO in its synthetic env exactly as in a cell."""
+
+    name: str
+    expmodel: ExpModelConfig
+    data: Literal["all", "expert", "random"] = "all"
+    """Which of the collected real trajectories it is fitted on (less data, more errors)."""
+
+
 class ToleranceConfig(DemoConfig):
-    """The demo's env, policy and GRPO settings plus the grid."""
+    """The demo's env, policy and GRPO settings plus the grid and the learned models to place on it."""
 
     eps_r_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     eps_p_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     error_kinds: list[ErrorKind] = Field(default_factory=lambda: list(get_args(ErrorKind)), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     eval_episodes_per_task: int = Field(default=16, ge=1)
+    models: list[LearnedModel] = Field(default_factory=list)
+    audit_episodes: int = Field(default=24, ge=1)
+    """Training-task episodes each model is audited on (its place on the map)."""
+    publish: bool = True
+    """Copy the map into dg_apps/data/tolerance/ (what `dg expmodel audit` reads); off for the smoke size."""
 
 
 def log(message: str) -> None:
@@ -88,6 +117,7 @@ class Benchmark:
         self.progress = progress
         self.deadline = deadline
         self.data: list[str] = []
+        self.held_out = ""
         self.used: list[str] = []
 
     def stage(self, name: str, command: str, config: Any, body: Any) -> dict[str, Any]:
@@ -115,7 +145,51 @@ class Benchmark:
         return (datetime.fromisoformat(record["finished"]) - datetime.fromisoformat(record["started"])).total_seconds()
 
     def collect(self) -> None:
-        self.data, _ = collect_data(self.config, self.root, progress=self.progress, log=log)
+        self.data, self.held_out = collect_data(self.config, self.root, progress=self.progress, log=log)
+
+    def model_data(self, model: LearnedModel) -> list[str]:
+        if model.data == "all":
+            return list(self.data)
+        return self.data[:1] if model.data == "expert" else self.data[1:2]
+
+    def train_task_episodes(self) -> str:
+        """Noisy-expert episodes on the training tasks (a policy no model was fitted on): the tasks synthetic GRPO
+        plays, so the audit on them measures the simulator the policy trains in."""
+        config = CollectConfig(env=self.config.env, tasks="train", policy="noisy-expert", episodes_per_task=1, seed=3)
+        metrics = self.stage(
+            "04-collect-train-audit", "collect", config, lambda c, r: run_collect(c, r, progress=self.progress)
+        )
+        return str(metrics["trajectories"])
+
+    def fit_and_audit(self, model: LearnedModel) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Fit the model on its share of the data; audit it on the training tasks' fresh episodes (its place on the
+        map) and on the held-out tasks' (how far it generalises). Once for all seeds."""
+        fit = FitConfig(
+            data=self.model_data(model), expmodel=model.expmodel, trainer=self.config.trainer, seed=self.config.seed
+        )
+        self.stage(f"model-fit-{model.name}", "expmodel fit", fit, lambda c, r: run_fit(c, r, progress=self.progress))
+        audits = []
+        for label, episodes, limit in (
+            ("train", self.train_task_episodes(), self.config.audit_episodes),
+            ("heldout", self.held_out, None),
+        ):
+            audit = AuditConfig(
+                expmodel=str(self.root.path / f"model-fit-{model.name}"),
+                held_out=[episodes],
+                max_episodes=limit,
+                open_loop_episodes=self.config.audit_open_loop,
+                ablations=False,
+                permutations=50,
+            )
+            audits.append(
+                self.stage(
+                    f"model-audit-{label}-{model.name}",
+                    "expmodel audit",
+                    audit,
+                    lambda c, r: run_audit(c, r, progress=self.progress),
+                )
+            )
+        return audits[0], audits[1]
 
     def initial(self, seed: int) -> Path:
         return initial_policy(self.config, self.data, self.root.path / f"policy-initial-s{seed}", seed=seed)
@@ -178,6 +252,45 @@ def run_cell(bench: Benchmark, eps_r: float, eps_p: float, seed: int, results: d
     results["cells"].setdefault(f"{eps_r:g},{eps_p:g}", []).append(entry)
 
 
+def run_model(bench: Benchmark, model: LearnedModel, seed: int, results: dict[str, Any]) -> None:
+    on_train_tasks, on_held_out = bench.fit_and_audit(model)
+    name = f"model-{model.name}-s{seed}"
+    config = bench.train_config(
+        seed,
+        where="synthetic",
+        expmodel=str(bench.root.path / f"model-fit-{model.name}"),
+        synthetic=bench.config.synthetic,
+    )
+    train = bench.train(name, config)
+    success = bench.evaluate(name, str(bench.root.path / name / "policy"), seed)
+    history = train["rollout_history"]
+    entry = {
+        "seed": seed,
+        "success": success,
+        "simulator_success": statistics.fmean(h["success_rate"] for h in history) if history else math.nan,
+        "parse_failures": train.get("parse_failures"),
+        **_cost(train, "synthetic_transitions"),
+        "cell_seconds": _sum_or_none(bench.stage_seconds(name), bench.stage_seconds(f"eval{_episodes(bench)}-{name}")),
+    }
+    numbers = {**_audit_numbers(on_train_tasks), "held_out": _audit_numbers(on_held_out)}
+    record = results["models"].setdefault(model.name, {"audit": numbers, "data": model.data, "runs": []})
+    record["runs"].append(entry)
+
+
+def _audit_numbers(audit: dict[str, Any]) -> dict[str, Any]:
+    scale = audit["simulator_scale"]
+    return {
+        "eps_R": audit["eps_R"],
+        "eps_P": audit["eps_P"],
+        "sim_eps_R": scale["eps_R"],
+        "sim_eps_P": scale["eps_P"],
+        "transition_errors": scale["transition_errors"],
+        "reward_eligible": scale["reward_eligible"],
+        "parse_failure_rate": audit["parse_failure_rate"],
+        "exact_match": audit["next_state_exact_match"],
+    }
+
+
 def _episodes(bench: Benchmark) -> int:
     return bench.config.eval_episodes_per_task
 
@@ -198,9 +311,64 @@ def _rate(count: int, eligible: int) -> float | None:
     return count / eligible if eligible else None
 
 
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired(values: dict[int, float], reference: dict[int, float], scale: float = 1.0) -> dict[str, Any]:
+    """Mean of ``values[s] - scale * reference[s]`` over the common seeds, with a 95% t interval (the seeds pair:
+    a cell and the reference start from the same initial policy and evaluate on the same episodes' seeds)."""
+    seeds = sorted(set(values) & set(reference))
+    diffs = [values[s] - scale * reference[s] for s in seeds]
+    if not diffs:
+        return {"n": 0, "mean": None, "low": None, "high": None}
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return {"n": 1, "mean": mean, "low": None, "high": None}
+    half = T_975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below 3 points or without variation."""
+    if len(xs) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return None
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+def tolerance_along(cells: list[dict[str, Any]], axis: str, other: str, key: str) -> float | None:
+    """The largest error on ``axis`` (the other at 0) up to which every measured cell satisfies ``key``."""
+    line = sorted((c for c in cells if c[other] == 0), key=lambda c: c[axis])
+    found = None
+    for cell in line:
+        if not cell[key]:
+            break
+        found = cell[axis]
+    return found
+
+
 def summarise(config: ToleranceConfig, results: dict[str, Any]) -> dict[str, Any]:
     initial_mean, initial_sd = _mean_sd([e["success"] for e in results["initial"]])
     real_mean, real_sd = _mean_sd([e["success"] for e in results["real"]])
+    initial_by_seed, real_by_seed = _by_seed(results["initial"]), _by_seed(results["real"])
     cells: list[dict[str, Any]] = []
     for eps_r in config.eps_r_grid:
         for eps_p in config.eps_p_grid:
@@ -232,10 +400,13 @@ def summarise(config: ToleranceConfig, results: dict[str, Any]) -> dict[str, Any
                     "cell_seconds": statistics.fmean(seconds) if seconds else None,
                     "beats_initial": mean > initial_mean,
                     "reaches_90pct_of_real": mean >= 0.9 * real_mean,
+                    "vs_initial": paired(_by_seed(entries), initial_by_seed),
+                    "vs_90pct_real": paired(_by_seed(entries), real_by_seed, 0.9),
                 }
             )
+            cells[-1]["beats_initial_established"] = (cells[-1]["vs_initial"]["low"] or 0.0) > 0
+            cells[-1]["below_90pct_established"] = (cells[-1]["vs_90pct_real"]["high"] or 0.0) < 0
     zero = next((c for c in cells if c["eps_r"] == 0 and c["eps_p"] == 0), None)
-    real_by_seed = {e["seed"]: e["success"] for e in results["real"]}
     zero_check = None
     if zero is not None:
         pairs = zip(zero["seeds"], zero["per_seed"], strict=True)
@@ -251,6 +422,56 @@ def summarise(config: ToleranceConfig, results: dict[str, Any]) -> dict[str, Any
         },
         "cells": cells,
         "zero_error_cell_equals_real": zero_check,
+        "tolerance": {
+            f"{axis}_{key}": tolerance_along(cells, axis, other, key)
+            for axis, other in (("eps_r", "eps_p"), ("eps_p", "eps_r"))
+            for key in ("beats_initial", "reaches_90pct_of_real")
+        },
+        "models": _models(results, initial_by_seed, real_by_seed),
+    }
+
+
+def _by_seed(entries: list[dict[str, Any]]) -> dict[int, float]:
+    return {e["seed"]: e["success"] for e in entries}
+
+
+def _models(
+    results: dict[str, Any], initial_by_seed: dict[int, float], real_by_seed: dict[int, float]
+) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    for name, record in results.get("models", {}).items():
+        runs = record["runs"]
+        mean, sd = _mean_sd([r["success"] for r in runs])
+        models[name] = {
+            **record["audit"],
+            "data": record["data"],
+            "mean": mean,
+            "std": sd,
+            "per_seed": [r["success"] for r in runs],
+            "seeds": [r["seed"] for r in runs],
+            "simulator_success": statistics.fmean(r["simulator_success"] for r in runs),
+            "transitions": statistics.fmean(r["transitions"] for r in runs),
+            "cell_seconds": statistics.fmean(r["cell_seconds"] for r in runs if r["cell_seconds"] is not None)
+            if any(r["cell_seconds"] is not None for r in runs)
+            else None,
+            "vs_initial": paired(_by_seed(runs), initial_by_seed),
+        }
+    return models
+
+
+def rank_agreement(models: dict[str, Any]) -> dict[str, Any]:
+    """Do the audit's numbers order the learned models as their real outcomes do? Spearman's rho between minus
+    each error sum and the real success (positive: fewer errors, more success)."""
+    names = [n for n, m in models.items() if not math.isnan(m["mean"])]
+    outcome = [models[n]["mean"] for n in names]
+
+    def error_sum(model: dict[str, Any], r: str, p: str) -> float:
+        return (model[r] if model[r] is not None else 1.0) + (model[p] if model[p] is not None else 1.0)
+
+    return {
+        "models": names,
+        "simulator_scale": spearman([-error_sum(models[n], "sim_eps_R", "sim_eps_P") for n in names], outcome),
+        "headline": spearman([-error_sum(models[n], "eps_R", "eps_P") for n in names], outcome),
     }
 
 
@@ -275,7 +496,11 @@ def markdown(config: ToleranceConfig, name: str, summary: dict[str, Any], comple
         "",
     ]
     if not complete:
-        lines += ["**Partial**: the time budget ran out; cells with fewer seeds than listed are marked.", ""]
+        lines += [
+            "**Partial**: the time budget ran out (or only part of the benchmark ran); cells with fewer seeds than "
+            "listed are marked.",
+            "",
+        ]
     initial, real = summary["initial"], summary["real"]
     lines += [
         f"References: initial policy {_fmt(initial['mean'], initial['std'])}; GRPO in the real env "
@@ -309,17 +534,99 @@ def markdown(config: ToleranceConfig, name: str, summary: dict[str, Any], comple
         lines.append(
             f"| {cell['eps_r']:g} | {cell['eps_p']:g} | {_fmt(cell['mean'], cell['std'])} | "
             f"{' / '.join(f'{v:.2f}' for v in cell['per_seed'])} | {cell['simulator_success']:.3f} | {measured} | "
-            f"{'yes' if cell['beats_initial'] else 'no'} | {'yes' if cell['reaches_90pct_of_real'] else 'no'} | "
+            f"{_verdict(cell['beats_initial'], cell['vs_initial'])} | "
+            f"{_verdict(cell['reaches_90pct_of_real'], cell['vs_90pct_real'])} | "
             f"{cell['transitions']:,.0f} | {cell_seconds} |"
         )
     check = summary["zero_error_cell_equals_real"]
+    tol = summary["tolerance"]
+
+    def _tol(value: float | None) -> str:
+        return "none (the first cell already fails)" if value is None else f"{value:g}"
+
     lines += [
         "",
-        "The last two verdict columns compare means only (no test of significance; see the spread). "
+        "Verdict columns: the means' comparison, then the paired difference over seeds (cell minus initial, or "
+        "minus 0.9 x real GRPO, same seed) with its 95% t interval; *established* only where that interval "
+        "excludes 0. "
         f"Cell (0, 0) equals real-env GRPO seed for seed: {'-' if check is None else ('yes' if check else 'NO')}.",
-        f"Stage compute {seconds / 60:.0f} min (finished stages of earlier invocations included).",
+        "",
+        "Tolerances (means; each the largest error on one axis, the other at 0, up to which every measured cell "
+        "passes):",
+        "",
+        f"- beats the initial policy: eps_R up to {_tol(tol['eps_r_beats_initial'])}, eps_P up to "
+        f"{_tol(tol['eps_p_beats_initial'])};",
+        f"- reaches 90% of real-env GRPO: eps_R up to {_tol(tol['eps_r_reaches_90pct_of_real'])}, eps_P up to "
+        f"{_tol(tol['eps_p_reaches_90pct_of_real'])}.",
     ]
+    lines += _models_markdown(summary)
+    lines += ["", f"Stage compute {seconds / 60:.0f} min (finished stages of earlier invocations included)."]
     return "\n".join(lines)
+
+
+def _interval(test: dict[str, Any]) -> str:
+    if test["mean"] is None:
+        return "-"
+    if test["low"] is None:
+        return f"{test['mean']:+.3f} (1 seed)"
+    return f"{test['mean']:+.3f} [{test['low']:+.3f}, {test['high']:+.3f}]"
+
+
+def _verdict(passes: bool, test: dict[str, Any]) -> str:
+    established = test["low"] is not None and (test["low"] > 0 if passes else test["high"] < 0)
+    return f"{'yes' if passes else 'no'}{' (established)' if established else ''}, {_interval(test)}"
+
+
+def _models_markdown(summary: dict[str, Any]) -> list[str]:
+    models = summary["models"]
+    if not models:
+        return []
+
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [
+        "",
+        "## Learned experience models on the map",
+        "",
+        "Each fitted on the benchmark's own real data (`data`), audited teacher-forced on fresh noisy-expert "
+        "episodes of the training tasks (what synthetic GRPO plays: its place on the map) and on the held-out "
+        "tasks' (generalisation), then GRPO in its synthetic env with the cells' settings and seeds, evaluated in "
+        "the real env. eps_R / "
+        "eps_P on the simulator's scale count errors as the controlled-error simulator injects them (reward errors "
+        "per step the model ends; steps with a transition error of the typology, parse failures included); the "
+        "audit's headline eps_R (all steps) / eps_P (1 - token F1) beside them. The cell is where "
+        "`dg expmodel audit`'s verdict reads (errors rounded up to the grid).",
+        "",
+        "| model | data | eps_R / eps_P (simulator scale) | headline eps_R / eps_P | transition errors by kind | "
+        "held-out tasks: eps_R / eps_P (simulator scale) | verdict cell | in-simulator rollout success | "
+        "real success | per seed | vs initial (paired, 95% CI) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, model in models.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in model["transition_errors"].items()) or "none"
+        cell = model.get("verdict_cell")
+        lines.append(
+            f"| {name} | {model['data']} | {num(model['sim_eps_R'])} / {num(model['sim_eps_P'])} | "
+            f"{num(model['eps_R'])} / {num(model['eps_P'])} | {kinds} | "
+            f"{num(model['held_out']['sim_eps_R'])} / {num(model['held_out']['sim_eps_P'])} | "
+            f"{'beyond the grid' if cell is None else f'({cell[0]:g}, {cell[1]:g})'} | "
+            f"{model['simulator_success']:.3f} | {_fmt(model['mean'], model['std'])} | "
+            f"{' / '.join(f'{v:.2f}' for v in model['per_seed'])} | {_interval(model['vs_initial'])} |"
+        )
+    ranks = summary.get("rank_agreement") or {}
+    if ranks:
+
+        def rho(value: float | None) -> str:
+            return "undefined (fewer than 3 models or no variation)" if value is None else f"{value:+.2f}"
+
+        lines += [
+            "",
+            f"Rank agreement over {len(ranks['models'])} models (Spearman's rho between fewer audited errors and "
+            f"more real success; +1 = the audit orders them exactly): simulator scale {rho(ranks['simulator_scale'])}, "
+            f"headline {rho(ranks['headline'])}. With this few models a rho says little; it is reported, not tested.",
+        ]
+    return lines
 
 
 def plot(config: ToleranceConfig, name: str, summary: dict[str, Any], output: Path) -> Path:
@@ -328,7 +635,7 @@ def plot(config: ToleranceConfig, name: str, summary: dict[str, Any], output: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     rows, cols = config.eps_r_grid, config.eps_p_grid
     by_key = {(c["eps_r"], c["eps_p"]): c for c in summary["cells"]}
     grid = [[by_key[(r, p)]["mean"] if (r, p) in by_key else math.nan for p in cols] for r in rows]
@@ -349,7 +656,7 @@ def plot(config: ToleranceConfig, name: str, summary: dict[str, Any], output: Pa
     figure.colorbar(heat, ax=axes[0])
     initial, real = summary["initial"]["mean"], summary["real"]["mean"]
     for axis, (x_grid, line_grid, x_key, line_key, x_label) in zip(
-        axes[1:],
+        axes[1:3],
         (
             (rows, cols, "eps_r", "eps_p", "eps_R (reward errors)"),
             (cols, rows, "eps_p", "eps_r", "eps_P (transition errors)"),
@@ -379,12 +686,77 @@ def plot(config: ToleranceConfig, name: str, summary: dict[str, Any], output: Pa
         axis.set_xticks(list(x_grid))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
+    _placement(axes[3], summary, top)
     figure.suptitle(f"tolerance ({name}): GRPO in controlled-error simulators, evaluated in the real env")
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=110)
     plt.close(figure)
     return output
+
+
+def _placement(axis: Any, summary: dict[str, Any], top: float) -> None:
+    """Cells (squares) and learned models (stars) at their eps_P / eps_R, coloured by real success."""
+    cells, models = summary["cells"], summary["models"]
+    points = [(c["eps_p"], c["eps_r"], c["mean"]) for c in cells]
+    scatter = axis.scatter(
+        [x for x, _, _ in points], [y for _, y, _ in points], c=[v for _, _, v in points], marker="s", s=140,
+        cmap="viridis", vmin=0.0, vmax=top, edgecolors="black", linewidths=0.5, label="controlled-error cells",
+    )  # fmt: skip
+    for index, (name, model) in enumerate(models.items()):
+        x = model["sim_eps_P"] if model["sim_eps_P"] is not None else 1.0
+        y = model["sim_eps_R"] if model["sim_eps_R"] is not None else 0.0
+        axis.scatter([x], [y], c=[model["mean"]], marker="*", s=320, cmap="viridis", vmin=0.0, vmax=top,
+                     edgecolors="red", linewidths=1.0)  # fmt: skip
+        axis.annotate(
+            f"{name} ({model['mean']:.2f})", (x, y), textcoords="offset points", xytext=(6, 6 + 11 * index), fontsize=7
+        )
+    axis.set_xlabel("eps_P (simulator scale)")
+    axis.set_ylabel("eps_R (simulator scale)")
+    axis.set_xlim(-0.05, 1.05)
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_title("learned models (stars) among the cells")
+    axis.grid(alpha=0.3)
+    plt_colorbar = axis.figure.colorbar(scatter, ax=axis)
+    plt_colorbar.set_label("held-out real success")
+
+
+def tolerance_map(config: ToleranceConfig, name: str, summary: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """The compact copy `dg expmodel audit` reads (dg_apps/data/tolerance/<env>-<kind>.json)."""
+    env, algo, policy = config.env, config.algorithm, config.policy
+    keep = ("eps_r", "eps_p", "mean", "std", "per_seed", "beats_initial", "beats_initial_established",
+            "reaches_90pct_of_real")  # fmt: skip
+    return {
+        "env": env.name,
+        "kind": env.suite,
+        "measured": (
+            f"{env.name} {env.suite} {env.settings} (max {env.max_steps} steps), a tiny {policy.mode}-mode policy "
+            f"(hidden {policy.hidden_size}) trained by {algo.steps * algo.updates_per_batch} GRPO updates of "
+            f"{algo.tasks_per_step} x {algo.group_size} episodes"
+        ),
+        "source": f"benchmarks/results/tolerance_{name}.md (nox -s bench -- tolerance)",
+        "seeds": len(config.seeds),
+        "complete": complete,
+        "eps_r_grid": config.eps_r_grid,
+        "eps_p_grid": config.eps_p_grid,
+        "initial": {k: summary["initial"][k] for k in ("mean", "std")},
+        "real": {k: summary["real"][k] for k in ("mean", "std")},
+        "cells": [{k: c[k] for k in keep} for c in summary["cells"]],
+    }
+
+
+def place_models(config: ToleranceConfig, summary: dict[str, Any], directory: Path) -> None:
+    """Each learned model's verdict as `dg expmodel audit` would print it from the map in ``directory``."""
+    from dg_apps.tolerance import tolerance_verdict
+
+    for model in summary["models"].values():
+        verdict = tolerance_verdict(
+            config.env.name, config.env.suite, model["sim_eps_R"], model["sim_eps_P"], directory
+        )
+        model["verdict_cell"] = list(verdict.cell) if verdict.cell else None
+        model["inside"] = verdict.inside
+        model["verdict"] = verdict.text
+    summary["rank_agreement"] = rank_agreement(summary["models"]) if summary["models"] else None
 
 
 def main() -> None:
@@ -399,6 +771,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
     parser.add_argument(
         "--budget-minutes", type=float, default=None, help="start no new stage after this long; write partial results"
+    )
+    parser.add_argument(
+        "--part",
+        choices=("all", "grid", "models"),
+        default="all",
+        help="run only the grid or only the learned models (two processes can share the work; a last run with "
+        "'all' writes the complete results)",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machines)")
@@ -428,8 +807,8 @@ def main() -> None:
         f"tolerance benchmark {name}: eps_R {config.eps_r_grid} x eps_P {config.eps_p_grid}, seeds {config.seeds}, "
         f"run directories in {output}"
     )
-    results: dict[str, Any] = {"initial": [], "real": [], "cells": {}}
-    complete = True
+    results: dict[str, Any] = {"initial": [], "real": [], "cells": {}, "models": {}}
+    complete = args.part == "all"
     try:
         bench.collect()
         for seed in config.seeds:
@@ -438,13 +817,21 @@ def main() -> None:
         cells = sorted(
             ((r, p) for r in config.eps_r_grid for p in config.eps_p_grid), key=lambda c: (c[0] + c[1], c[0])
         )
-        for eps_r, eps_p in cells:
+        for eps_r, eps_p in cells if args.part != "models" else []:
             for seed in config.seeds:
                 run_cell(bench, eps_r, eps_p, seed, results)
+        for model in config.models if args.part != "grid" else []:
+            for seed in config.seeds:
+                run_model(bench, model, seed, results)
     except OutOfTime as stop:
         complete = False
         log(f"time budget spent before stage {stop}; writing the results so far (run again to continue)")
     summary = summarise(config, results)
+    published = tolerance_map(config, name, summary, complete)
+    map_dir = TOLERANCE_DATA if config.publish and name not in SMOKE_CONFIGS else output / "tolerance-map"
+    map_dir.mkdir(parents=True, exist_ok=True)
+    map_file(config.env.name, config.env.suite, map_dir).write_text(json.dumps(published, indent=1) + "\n")
+    place_models(config, summary, map_dir)
     compute = bench.compute_seconds()
     table = markdown(config, name, summary, complete, compute)
     report = {

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from dg_apps.config import AuditConfig, CollectConfig, FitConfig, S2RConfig, Tra
 from dg_apps.models import fit_expmodel, load_expmodel, load_policy, read_data
 from dg_apps.rundir import RunDir
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
+from dg_apps.tolerance import tolerance_verdict
 from dg_apps.training import run_train
 from dg_core import ConfigError, TrajectoryFormatError, parse_trajectory
 
@@ -257,6 +259,9 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
     finally:
         bundle.buffer.close()
     full = report.row("full")
+    scale = full.teacher_forced.simulator
+    env_id, kind = Counter((t.task.env_id, t.task.metadata.get("kind")) for t in held_out).most_common(1)[0][0]
+    verdict = tolerance_verdict(env_id, kind, scale.eps_r, scale.eps_p)
     metrics = {
         "held_out_episodes": len(held_out),
         "eps_R": full.teacher_forced.eps_r,
@@ -265,10 +270,16 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         "next_state_exact_match": full.teacher_forced.exact_match,
         "parse_failure_rate": full.teacher_forced.parse_failure_rate,
         "irreversible_tags": full.teacher_forced.irreversible.as_dict(),
+        "simulator_scale": scale.as_dict(),
+        "tolerance": verdict.as_dict(),
         "table": report.markdown(),
     }
     run.write_metrics(metrics)
-    run.write_summary("# dg expmodel audit\n\n" + report.markdown() + "\n\nFull report: `audit.json`, plots beside it.")
+    run.write_summary(
+        "# dg expmodel audit\n\n"
+        + report.markdown()
+        + f"\n\n{verdict.text}\n\nFull report: `audit.json`, plots beside it."
+    )
     return metrics
 
 
