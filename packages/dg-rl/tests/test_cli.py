@@ -198,3 +198,27 @@ def test_task_file_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"tasks.jsonl:2: field env_id"):
         read_task_file(broken)
     assert [task.id for task in read_task_file(TASKS, split="test")] == ["corridor-8", "corridor-9"]
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    checkpoint_every_step = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1},
+        }
+    ]
+    config = write(
+        tmp_path / "fit.yaml",
+        tiny_config(tmp_path / "full", **{"trainer.max_steps": 3, "trainer.callbacks": checkpoint_every_step}),
+    )
+    main(["fit", "--config", str(config)])
+    part = tmp_path / "part"
+    main(["fit", "--config", str(config), f"--trainer.default_root_dir={part}", "--trainer.max_steps=1"])
+    last = part / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.warns(UserWarning, match="dirpath has changed"):  # Lightning: the new version has new checkpoints
+        main(["fit", "--config", str(config), f"--trainer.default_root_dir={part}", f"--ckpt_path={last}"])
+    resumed = part / "lightning_logs" / "version_1"  # a new version folder: its own config.yaml and checkpoints
+    assert yaml.safe_load((resumed / "config.yaml").read_text())["ckpt_path"] == str(last)
+    uninterrupted = load_file(run_dir(tmp_path / "full") / "policy" / "model.safetensors")
+    continued = load_file(resumed / "policy" / "model.safetensors")
+    assert all(torch.equal(uninterrupted[name], continued[name]) for name in uninterrupted)
