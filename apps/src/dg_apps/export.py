@@ -42,6 +42,8 @@ def _refuse(config: TrainConfig) -> None:
         problems.append("real_budget: python -m dg_rl fit has no real-transition budget (dg train counts it)")
     if config.where == "synthetic" and config.synthetic.simulator == "perturbed":
         problems.append("synthetic.simulator: the perturbed simulator is a dg train option only")
+    if config.policy.sampler != "transformers":
+        problems.append(f"policy.sampler: python -m dg_rl fit samples with transformers, not {config.policy.sampler!r}")
     if config.where == "synthetic" and not config.expmodel:
         problems.append("expmodel: training in the synthetic environment needs a `dg expmodel fit` run directory")
     if problems:
