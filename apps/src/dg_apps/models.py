@@ -56,13 +56,10 @@ def read_data(paths: Sequence[str | Path], *, key: str = "data") -> list[Traject
 
 
 def _policy_corpus(trajectories: Iterable[Trajectory], tasks: Iterable[Task]) -> list[str]:
-    texts: list[str] = [task.instruction for task in tasks]
-    for trajectory in trajectories:
-        texts.append(trajectory.task.instruction)
-        for step in trajectory.steps:
-            texts += [step.state.text, step.next_state.text, step.action.text]
-            texts.append(" | ".join(step.state.available_actions or ()))
-    return texts
+    """A tiny policy's tokenizer corpus: dg-rl's, so `python -m dg_rl fit` builds the same tiny policy."""
+    from dg_rl.cli import policy_corpus
+
+    return policy_corpus(trajectories, tasks)
 
 
 def _find_policy_dir(path: Path) -> Path | None:
