@@ -80,3 +80,37 @@ def test_unfinished_folders_are_never_taken_for_a_converted_model(smollm2_file: 
     assert (converted / "model.safetensors").stat().st_size == size
     assert not list(cache.glob(f".{directory.name}.tmp-{os.getpid()}"))
     assert main(["list"]) == 0
+
+
+def test_an_unchanged_file_is_not_checked_or_hashed_again(
+    smollm2_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dg_models._gguf as gguf_module
+
+    directory = Path(resolve_source("smollm2")[1])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / directory.name).symlink_to(directory)  # the converted model, without copying 0.5 GB
+    copy = tmp_path / smollm2_file.name
+    shutil.copyfile(smollm2_file, copy)
+    assert convert_gguf(copy, cache_dir=cache, progress=False) == cache / directory.name
+    stamps = json.loads((cache / "gguf-stamps.json").read_text())
+    assert stamps[str(copy.resolve())]["bytes"] == copy.stat().st_size
+    assert stamps[str(copy.resolve())]["sha256"].startswith(directory.name.rsplit("-", 1)[1])
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("checked or hashed again")
+
+    monkeypatch.setattr(gguf_module, "check_gguf", refuse)
+    monkeypatch.setattr(gguf_module, "_sha256", refuse)
+    assert convert_gguf(copy, cache_dir=cache, progress=False) == cache / directory.name
+    # A file changed since (here only its modification time) is checked again.
+    status = copy.stat()
+    os.utime(copy, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="checked or hashed again"):
+        convert_gguf(copy, cache_dir=cache, progress=False)
+    # An unreadable index only costs the check: it is rewritten.
+    monkeypatch.undo()
+    (cache / "gguf-stamps.json").write_text("{not json")
+    assert convert_gguf(copy, cache_dir=cache, progress=False) == cache / directory.name
+    assert str(copy.resolve()) in json.loads((cache / "gguf-stamps.json").read_text())

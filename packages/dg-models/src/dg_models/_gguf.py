@@ -5,6 +5,11 @@ cannot be saved as it is, nor read by LoRA tooling or vLLM. The first load conve
 float32 safetensors plus the tokenizer and chat template; every later load reads that directory (under a
 second). The directory is keyed by the file's content hash and written into a temporary folder that is
 renamed into place, so a killed conversion leaves nothing half-written behind.
+
+Checking and hashing the file costs seconds per load (the GGUF reader walks every tensor); once a file has been
+converted, its size, modification time and hash are remembered in ``gguf-stamps.json`` beside the converted
+directories, and a later load of the unchanged file goes straight to its directory. A file whose size or
+modification time changed is checked and hashed again.
 """
 
 from __future__ import annotations
@@ -87,11 +92,15 @@ def convert_gguf(path: str | Path, *, cache_dir: str | Path | None = None, progr
         A Hugging Face directory (``config.json``, ``model.safetensors``, tokenizer, chat template).
     """
     source = Path(path).resolve()
+    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    known = _stamped(target, source)
+    if known is not None:
+        return known
     header = check_gguf(source)
     digest = _sha256(source)
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     directory = target / f"{source.stem}-{digest[:12]}"
     if (directory / CONVERTED_META).is_file():
+        _stamp(target, source, digest)
         return directory
     transformers = require("transformers", distribution="dg-models", extra="gguf", purpose="loading GGUF files")
     require("accelerate", distribution="dg-models", extra="gguf", purpose="loading GGUF files")
@@ -133,4 +142,44 @@ def convert_gguf(path: str | Path, *, cache_dir: str | Path | None = None, progr
         shutil.rmtree(staging, ignore_errors=True)
         if not (directory / CONVERTED_META).is_file():
             raise
+    _stamp(target, source, digest)
     return directory
+
+
+_STAMPS = "gguf-stamps.json"
+
+
+def _file_stamp(source: Path) -> dict[str, int]:
+    status = source.stat()
+    return {"bytes": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _read_stamps(target: Path) -> dict[str, Any]:
+    try:
+        stamps = json.loads((target / _STAMPS).read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: every file is checked again and the index rewritten
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _stamped(target: Path, source: Path) -> Path | None:
+    """The converted directory of ``source`` if it was converted (or found) before and has not changed since."""
+    entry = _read_stamps(target).get(str(source))
+    if not isinstance(entry, dict) or not source.is_file():
+        return None
+    if {k: entry.get(k) for k in ("bytes", "mtime_ns")} != _file_stamp(source):
+        return None
+    directory = target / f"{source.stem}-{str(entry.get('sha256', ''))[:12]}"
+    return directory if (directory / CONVERTED_META).is_file() else None
+
+
+def _stamp(target: Path, source: Path, digest: str) -> None:
+    """Remember ``source``'s size, modification time and hash (written to a temporary file, then renamed)."""
+    stamps = _read_stamps(target)
+    stamps[str(source)] = {**_file_stamp(source), "sha256": digest}
+    temporary = target / f".{_STAMPS}.tmp-{os.getpid()}"
+    try:
+        temporary.write_text(json.dumps(stamps, indent=1))
+        temporary.replace(target / _STAMPS)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a read-only cache: loads stay correct, only slower
