@@ -19,6 +19,7 @@ from dg_rl._data import RolloutDataModule, TaskSource
 from dg_rl._lightning import GRPOModule, NonFiniteUpdateError, PPOModule, frozen_reference
 from dg_rl._lora import apply_lora
 from dg_rl._losses import Aggregation, GRPOLoss, PPOLoss, aggregate, gae, group_advantages, kl_k3
+from dg_rl._metrics import SuccessRate
 from dg_rl._policy import ActionMode, Decision, LMPolicy, ScoreReduction
 from dg_rl._prompt import PromptFormat, parse_action
 from dg_rl._rollout import EpisodeRecord, RolloutEngine, Rollouts, RolloutStats, TurnRecord
@@ -34,6 +35,7 @@ from dg_rl._scoring import (
     score_completions_chunked,
 )
 from dg_rl._sft import behaviour_cloning, demonstrations
+from dg_rl._sharding import FSDP2Strategy, full_parameters, full_state_dict, sharded_modules
 from dg_rl._units import UnitScores, score_units
 from dg_rl._vllm import VLLM_VERSION, VLLMOutputError, VLLMSampler
 
@@ -48,6 +50,7 @@ __all__ = [
     "CompletionScores",
     "Decision",
     "EpisodeRecord",
+    "FSDP2Strategy",
     "GRPOLoss",
     "GRPOModule",
     "LMPolicy",
@@ -64,6 +67,7 @@ __all__ = [
     "Rollouts",
     "Sample",
     "ScoreReduction",
+    "SuccessRate",
     "TaskSource",
     "TransformersSampler",
     "TurnRecord",
@@ -77,6 +81,8 @@ __all__ = [
     "build_batch",
     "demonstrations",
     "frozen_reference",
+    "full_parameters",
+    "full_state_dict",
     "gae",
     "group_advantages",
     "kl_k3",
@@ -93,6 +99,7 @@ __all__ = [
     "score_completions",
     "score_completions_chunked",
     "score_units",
+    "sharded_modules",
     "stats_keys",
     "tiny_causal_lm",
     "train_bpe_tokenizer",

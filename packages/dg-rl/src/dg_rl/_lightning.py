@@ -16,14 +16,16 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from dg_core import DGError
+from dg_core import ConfigError, DGError
 from dg_rl._batch import RolloutBatch, packed_rows, scatter_units, stats_keys
 from dg_rl._losses import GRPOLoss, PPOLoss, gae, group_advantages
 from dg_rl._policy import LMPolicy
@@ -35,6 +37,16 @@ from dg_rl._scoring import (
     score_completions,
     score_completions_chunked,
     select_prompts,
+)
+from dg_rl._sharding import (
+    average_gradients,
+    broadcast_weights,
+    full_parameters,
+    local_tensor,
+    reduce_gradients,
+    shard_model,
+    shard_module,
+    sharded_modules,
 )
 from dg_rl._units import UnitScores, score_units, units_from_rows
 
@@ -78,6 +90,36 @@ class _PolicyModule(L.LightningModule):
         self.automatic_optimization = False
         self._step_started = 0.0
 
+    def configure_model(self) -> None:
+        """Under :class:`~dg_rl.FSDP2Strategy` (a Lightning ``ModelParallelStrategy``): shard the policy with FSDP2."""
+        mesh = self._device_mesh
+        if mesh is None:
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ConfigError(
+                f"{type(self).__name__}: tensor parallelism (tensor_parallel_size > 1) is not supported; "
+                "use dg_rl.FSDP2Strategy(), which shards over every process"
+            )
+        data_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        if sharded_modules(self.model):
+            return  # configured by an earlier fit
+        for trained in (self.model, *self._extra_sharded()):
+            broadcast_weights(trained, self.trainer.strategy.root_device)  # rank 0's start, as under DDP
+        shard_model(self.model, data_mesh)
+        for extra in self._extra_sharded():
+            shard_module(extra, data_mesh)
+
+    def _extra_sharded(self) -> list[nn.Module]:
+        """Trained modules besides the policy model (PPO's value head), sharded as units of their own."""
+        return []
+
+    def _zero_loss(self) -> Tensor:
+        """Zero times a one-token forward through the policy (and every extra trained module)."""
+        token = torch.full((1, 1), self.policy.pad_id, dtype=torch.long, device=self.device)
+        logits: Tensor = self.model(input_ids=token).logits
+        return logits.float().sum() * 0.0
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)
@@ -117,16 +159,37 @@ class _PolicyModule(L.LightningModule):
         optimizer.zero_grad()
         rows = packed_rows(batch)
         groups = prompt_chunks(rows, self.micro_batch_tokens) if self.micro_batch_tokens is not None else []
-        if len(groups) <= 1:
-            total = self._loss(batch, self._score(batch, with_hidden=self._with_hidden))
-            self.manual_backward(total)
-        else:
-            total = self._chunked_backward(batch, rows, groups)
+        with self._local_passes():
+            if len(groups) <= 1:
+                total = self._loss(batch, self._score(batch, with_hidden=self._with_hidden))
+                self.manual_backward(total)
+            else:
+                total = self._chunked_backward(batch, rows, groups)
         self._refuse_non_finite(total, optimizer)
         optimizer.step()
         self._check_weights()
         self.policy.after_update()  # the policy's sampler is sent these weights before it next samples
         return total.detach()
+
+    @contextmanager
+    def _local_passes(self) -> Iterator[None]:
+        """Run an update's passes on this rank alone, then average the gradients over ranks once.
+
+        Ranks score different numbers of micro-batches (their batches differ), so no pass may communicate: under
+        DDP the passes run in ``no_sync`` and every trainable gradient is all-reduced afterwards, in one fixed order;
+        under FSDP2 they run on the gathered weights and FSDP reduce-scatters once (see ``dg_rl._sharding``).
+        Either way the gradient is the mean over ranks, as DDP's own reduction gives.
+        """
+        ddp = getattr(self._trainer.strategy, "model", None) if self._trainer is not None else None
+        with full_parameters(self, accumulate=True) as sharded:
+            if isinstance(ddp, DistributedDataParallel):
+                with ddp.no_sync():
+                    yield
+                average_gradients(self._trainable())
+            else:
+                yield
+                if sharded:
+                    reduce_gradients([self], self._zero_loss(), self.manual_backward)
 
     def _trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -143,7 +206,7 @@ class _PolicyModule(L.LightningModule):
         """
         loss = float(total.detach().float())
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        grads = [local_tensor(p.grad) for p in self._trainable() if p.grad is not None]
         bad_grads = 0
         if scaler is None and grads:
             flags = torch.stack([torch.isfinite(grad).all() for grad in grads])
@@ -170,7 +233,7 @@ class _PolicyModule(L.LightningModule):
         params = self._trainable()
         if not params:
             return
-        bad = int((~torch.stack([torch.isfinite(p.detach()).all() for p in params])).sum())
+        bad = int((~torch.stack([torch.isfinite(local_tensor(p.detach())).all() for p in params])).sum())
         if self._agreed(bad == 0):
             return
         step = self.global_step
@@ -353,6 +416,14 @@ class PPOModule(_PolicyModule):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self._cache: tuple[int, Tensor, Tensor, Tensor] | None = None
+
+    def _extra_sharded(self) -> list[nn.Module]:
+        return [self.value_head]
+
+    def _zero_loss(self) -> Tensor:
+        features = torch.zeros((1, self.value_head.in_features), device=self.device)
+        value: Tensor = self.value_head(features)
+        return super()._zero_loss() + value.sum() * 0.0
 
     def _turn_table(self, batch: RolloutBatch, values: Tensor) -> Tensor:
         episodes = int(batch["episode_return"].shape[0])

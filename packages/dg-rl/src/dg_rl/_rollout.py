@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dg_core import Action, BatchedEnv, ConfigError, PolicyRequest, Step, Task, Trajectory
 from dg_rl._policy import Decision, LMPolicy
+from dg_rl._sharding import full_parameters
 
 __all__ = ["EpisodeRecord", "RolloutEngine", "RolloutStats", "Rollouts", "TurnRecord"]
 
@@ -174,10 +175,18 @@ class RolloutEngine:
     def collect(self, tasks: Sequence[Task], *, seed: int = 0) -> Rollouts:
         """Play every task ``group_size`` times.
 
+        A policy sharded with FSDP2 (:class:`~dg_rl.FSDP2Strategy`) plays with its full weights, gathered once for
+        the whole collection: every rank must collect together (each once per batch, as the data module does),
+        and in between each rank runs as many forwards as its own episodes need.
+
         Args:
             tasks: Tasks to play; a task's own seed fixes its world, else ``seed + index`` does.
             seed: Base reset seed for tasks without one.
         """
+        with full_parameters(self.policy.model):
+            return self._collect(tasks, seed)
+
+    def _collect(self, tasks: Sequence[Task], seed: int) -> Rollouts:
         started = time.perf_counter()
         episodes: list[EpisodeRecord] = []
         for index, task in enumerate(tasks):
