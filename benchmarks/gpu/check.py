@@ -28,7 +28,8 @@ and sampled ids past the tokenizer's vocabulary decode to nothing.
 ``--size tiny --device cpu`` runs every phase on two tiny shapes in well under a minute (tested in CI); the
 default ``--size full --device cuda`` is what ``benchmarks/gpu/run.sh`` runs on the device machine.
 
-    python benchmarks/gpu/check.py [--device cuda|cpu] [--size full|tiny] [--out DIR] [--budget-s 420]
+    python benchmarks/gpu/check.py [--device cuda|cpu] [--size full|tiny] [--out DIR] [--budget-s 380]
+        [--shapes smollm2-135m ...] [--phases generate grpo sft synthetic_grpo_step]
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` (default ``benchmarks/results``) after every phase.
 """
@@ -147,7 +148,7 @@ PLANS = {
         grpo_warmup=1,
         grpo_steps=4,
         micro_batch_tokens=8192,
-        sft_batch=16,
+        sft_batch=32,
         sft_max_length=1024,
         sft_warmup=2,
         sft_steps=10,
@@ -692,24 +693,29 @@ def run_phase(
     return row
 
 
-def check_shape(ctx: Context, report: Report, budget_s: float, name: str, *, synthetic_step: bool) -> None:
-    """Every phase for one model shape (and the end-to-end synthetic step, on the first shape only)."""
+PHASES = ("generate", "grpo", "sft", "synthetic_grpo_step")
+
+
+def check_shape(
+    ctx: Context, report: Report, budget_s: float, name: str, *, phases: set[str], synthetic_step: bool
+) -> None:
+    """The chosen phases for one model shape (the end-to-end synthetic step only where ``synthetic_step``)."""
     shape = SHAPES[name]
     meta = build_model(shape, ctx.tokenizer, torch.device("meta"))  # the parameter count, without memory
     base = {"model": name, "shape": asdict(shape), "parameters": parameter_count(meta)}
     caps = ctx.plan.phase_cap_s
+
+    def phase(phase_name: str, dtype: str, body: Callable[[float], dict[str, Any]]) -> None:
+        if phase_name in phases:
+            labels = {**base, "phase": phase_name, "dtype": dtype}
+            run_phase(report, ctx.device, budget_s, caps[phase_name], labels, body)
+
     for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        labels = {**base, "phase": "generate", "dtype": f"{dtype_name} weights"}
-        run_phase(report, ctx.device, budget_s, caps["generate"], labels, partial(phase_generate, ctx, shape, dtype))
-    labels = {**base, "phase": "grpo", "dtype": ctx.precision}
-    run_phase(report, ctx.device, budget_s, caps["grpo"], labels, partial(phase_grpo, ctx, shape))
-    labels = {**base, "phase": "sft", "dtype": ctx.precision}
-    run_phase(report, ctx.device, budget_s, caps["sft"], labels, partial(phase_sft, ctx, shape))
+        phase("generate", f"{dtype_name} weights", partial(phase_generate, ctx, shape, dtype))
+    phase("grpo", ctx.precision, partial(phase_grpo, ctx, shape))
+    phase("sft", ctx.precision, partial(phase_sft, ctx, shape))
     if synthetic_step:
-        labels = {**base, "phase": "synthetic_grpo_step", "dtype": ctx.precision}
-        run_phase(
-            report, ctx.device, budget_s, caps["synthetic_grpo_step"], labels, partial(phase_synthetic, ctx, shape)
-        )
+        phase("synthetic_grpo_step", ctx.precision, partial(phase_synthetic, ctx, shape))
 
 
 def versions() -> dict[str, str]:
@@ -726,6 +732,7 @@ def versions() -> dict[str, str]:
         out["peft"] = "not installed"
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
+    out["float32_matmul_precision"] = torch.get_float32_matmul_precision()  # left at torch's default, as dg does
     return out
 
 
@@ -734,10 +741,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size", choices=tuple(PLANS), default="full")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--budget-s", type=float, default=420.0, help="start no phase after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=380.0, help="start no phase after this many seconds")
     parser.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--commit", default=os.environ.get("DG_COMMIT", "unknown"))
+    parser.add_argument(
+        "--shapes", nargs="+", choices=tuple(SHAPES), default=None, help="instead of the size's two shapes"
+    )
+    parser.add_argument(
+        "--phases", nargs="+", choices=PHASES, default=list(PHASES), help="a subset (to rerun one, say)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -771,8 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dg GPU check: {args.size} on {report.data['device']['name']}; writing {args.out}/gpu_check.*", flush=True)
 
     ctx = Context(plan=plan, device=device, precision=precision, tokenizer=tokenizer, examples=examples)
-    for index, shape_name in enumerate(plan.shapes):
-        check_shape(ctx, report, args.budget_s, shape_name, synthetic_step=index == 0)
+    shapes = args.shapes or list(plan.shapes)
+    for index, shape_name in enumerate(shapes):
+        check_shape(ctx, report, args.budget_s, shape_name, phases=set(args.phases), synthetic_step=index == 0)
     report.data["complete"] = True
     report.data["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     report.write()

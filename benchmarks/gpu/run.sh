@@ -2,7 +2,7 @@
 # The device-machine wrapper of benchmarks/gpu/check.py (issue 19 item 6): one call, under 8 minutes.
 #
 # On the device machine (the session's `run` tool, which starts in the repository root and sets $OUT):
-#   bash benchmarks/gpu/run.sh            with carry: ["benchmarks/gpu/wheels"], timeout_s: 560
+#   bash benchmarks/gpu/run.sh            with carry: ["benchmarks/gpu/wheels"], timeout_s: 540
 # Before it, here: bash benchmarks/gpu/prepare_wheels.sh (downloads the wheels named in device-wheels.txt).
 #
 # What it does: installs, from the carried wheels only (no index), those packages the image lacks or has older
@@ -13,15 +13,15 @@
 # measured. Extra arguments go to check.py (e.g. --size tiny --device cpu to try the wrapper without a GPU).
 #
 # Environment: DG_COMMIT (recorded in the results; taken from git when the tree has .git), PYTHON (python3),
-# DG_GPU_CHECK_LIMIT_S (hard limit of check.py, 470 s), DG_GPU_CHECK_BUDGET_S (no phase starts after it, 400 s).
+# DG_GPU_CHECK_LIMIT_S (hard limit of check.py, 450 s), DG_GPU_CHECK_BUDGET_S (no phase starts after it, 380 s).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/benchmarks/results}
 wheels=${DG_GPU_CHECK_WHEELS:-$root/benchmarks/gpu/wheels}
 python=${PYTHON:-python3}
-limit=${DG_GPU_CHECK_LIMIT_S:-470}
-budget=${DG_GPU_CHECK_BUDGET_S:-400}
+limit=${DG_GPU_CHECK_LIMIT_S:-450}
+budget=${DG_GPU_CHECK_BUDGET_S:-380}
 site=${DG_GPU_CHECK_SITE:-/tmp/site}
 mkdir -p "$out" "$site"
 
