@@ -122,13 +122,22 @@ def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (tmp_path / "run").exists()  # printing builds nothing
 
 
-def test_the_shipped_config_validates(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_shipped_config_trains_the_demo_sized_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shipped = Path(__file__).resolve().parents[1] / "configs" / "fit.yaml"
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(shipped), "--print_config"])
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["data"]["model"]["init_args"]["hidden_size"] == 128  # apps/configs/demo.yaml's expmodel
     assert resolved["trainer"]["max_epochs"] == 4
+    trajectories = tmp_path / "trajectories.jsonl"
+    write_trajectories(trajectories, collect(6))
+    run = tmp_path / "run"
+    main(["fit", "--config", str(shipped), f"--data.data=[{trajectories}]", f"--data.run_dir={run}",
+          "--trainer.max_epochs=1"])  # fmt: skip
+    settings = json.loads((run / "expmodel.json").read_text())
+    assert settings["options"]["max_retrieved"] == 1 and settings["max_new_tokens"] == 320
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (128, 2)
 
 
 @pytest.mark.parametrize(

@@ -158,11 +158,19 @@ def test_ppo_and_string_sources_by_class_path(tmp_path: Path, capsys: pytest.Cap
     assert "value_head.weight" in state["state_dict"]  # PPO's value head was trained with the policy
 
 
-def test_the_shipped_scripted_config_validates(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["fit", "--config", str(CONFIGS / "fit-scripted.yaml"), f"--data.tasks={TASKS}", "--print_config"]
-    resolved = yaml.safe_load(printed(capsys, args))
+def test_the_shipped_scripted_config_trains_the_demo_sized_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", "--config", str(CONFIGS / "fit-scripted.yaml"), f"--data.tasks={TASKS}"]
+    resolved = yaml.safe_load(printed(capsys, [*args, "--print_config"]))
     assert resolved["data"]["policy"]["model"]["init_args"]["hidden_size"] == 64  # apps/configs/demo.yaml's policy
     assert resolved["trainer"]["max_steps"] == 24
+    # One rollout batch of it (8 tasks x 4 episodes, two updates), as shipped otherwise.
+    main([*args, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2"])
+    run = run_dir(tmp_path)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    assert state["state_dict"]["model.model.embed_tokens.weight"].shape[1] == 64
     for name in ("fit-textworld.yaml", "fit-synthetic.yaml"):  # their envs live in other packages: parse only
         text = yaml.safe_load((CONFIGS / name).read_text())
         assert text["model"]["class_path"] == "dg_rl.GRPOModule"
