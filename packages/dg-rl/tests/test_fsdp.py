@@ -12,12 +12,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from safetensors.torch import load_file
 from torch import nn
 
 from dg_core import ConfigError
 from dg_rl import FSDP2Strategy, full_parameters, full_state_dict
-from dg_rl._sharding import reduce_gradients
+from dg_rl._sharding import reduce_gradients, refuse_unsupported_strategy
 
 SCRIPT = Path(__file__).with_name("fsdp_train.py")
 
@@ -99,6 +100,14 @@ def test_full_parameters_and_state_do_nothing_to_a_plain_module() -> None:
     assert model.weight.grad is not None and torch.equal(model.weight.grad, torch.ones(2, 3))
     with pytest.raises(ConfigError, match="nothing in these modules is sharded"):
         reduce_gradients([model], model(torch.ones(1, 3)).sum() * 0)
+
+
+def test_lightnings_fsdp1_is_refused_by_the_policy_modules() -> None:
+    with pytest.raises(ConfigError, match=r"GRPOModule: Lightning's FSDPStrategy is not supported: rollouts run the "
+                       r"policy outside the training forward.*dg_rl\.FSDP2Strategy\(\)"):  # fmt: skip
+        refuse_unsupported_strategy(FSDPStrategy(), "GRPOModule")
+    for fine in (FSDP2Strategy(), DDPStrategy()):
+        refuse_unsupported_strategy(fine, "GRPOModule")
 
 
 def test_lightning_takes_fsdp2_on_cpu_where_its_fsdp_strategy_refuses() -> None:

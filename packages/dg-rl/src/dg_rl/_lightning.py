@@ -44,6 +44,7 @@ from dg_rl._sharding import (
     full_parameters,
     local_tensor,
     reduce_gradients,
+    refuse_unsupported_strategy,
     shard_model,
     shard_module,
     sharded_modules,
@@ -92,6 +93,8 @@ class _PolicyModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under :class:`~dg_rl.FSDP2Strategy` (a Lightning ``ModelParallelStrategy``): shard the policy with FSDP2."""
+        if self._trainer is not None:
+            refuse_unsupported_strategy(self._trainer.strategy, type(self).__name__)
         mesh = self._device_mesh
         if mesh is None:
             return

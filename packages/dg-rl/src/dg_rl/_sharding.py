@@ -72,6 +72,19 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
+def refuse_unsupported_strategy(strategy: object, module: str) -> None:
+    """Refuse a Lightning strategy that would shard the policy behind the rollout engine's back: FSDP1
+    (``strategy="fsdp"``, whose sharded forwards deadlock on ranks' uneven rollouts) and DeepSpeed."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy | DeepSpeedStrategy):
+        raise ConfigError(
+            f"{module}: Lightning's {type(strategy).__name__} is not supported: rollouts run the policy outside the "
+            "training forward, a different number of times on each rank, which its sharded forwards cannot do; use "
+            "strategy=dg_rl.FSDP2Strategy() (FSDP2, weights gathered for rollouts and updates) or 'ddp'"
+        )
+
+
 def sharded_modules(*modules: nn.Module) -> list[FSDPModule]:
     """Every FSDP2-sharded module in ``modules`` (and their children), each once, outermost last."""
     found: dict[int, FSDPModule] = {}
