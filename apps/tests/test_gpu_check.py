@@ -101,7 +101,7 @@ def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
     for model in ("tiny-a", "tiny-b"):
         for dtype in ("bf16 weights", "fp32 weights"):
             generate = rows[("generate", model, dtype)]
-            assert generate["batch"] == 64
+            assert generate["batch"] == 64 and generate["sampler"] == "TransformersSampler"
             assert 0 < generate["tokens"] <= 64 * plan["gen_tokens"]
         grpo = rows[("grpo", model, "32-true")]
         assert grpo["batch"] == plan["grpo_tasks"] * plan["grpo_group"]

@@ -3,9 +3,9 @@
 For two llama-architecture models built from a config (random weights; the numbers are throughput, not
 quality) it measures, each phase time-boxed and written out as soon as it finishes:
 
-- ``generate``: tokens/s of dg-rl's transformers sampler (``LMPolicy`` in generate mode, ``decide``) at batch 64,
-  with bf16 weights and with fp32 weights (what a policy trained under ``bf16-mixed`` samples with: Lightning's
-  autocast covers the training step, not the rollouts collected before it);
+- ``generate``: tokens/s of dg-rl's transformers sampler (``LMPolicy.decide`` in generate mode with its default
+  ``TransformersSampler``) at batch 64, with bf16 weights and with fp32 weights (what a policy trained under
+  ``bf16-mixed`` samples with: Lightning's autocast covers the training step, not the rollouts collected before it);
 - ``grpo``: GRPO update tokens/s through ``GRPOModule`` + ``RolloutDataModule`` under a Lightning ``Trainer``
   (``bf16-mixed`` on CUDA): prompt + completion tokens of the batch per second of ``training_step`` (scoring,
   reference scoring, backward, AdamW), beside the rollout collection's own generation tokens/s;
@@ -398,7 +398,8 @@ def phase_generate(ctx: Context, shape: Shape, dtype: torch.dtype, deadline: flo
         "prompt_tokens_mean": sum(len(d.prompt_ids) for d in decisions) / len(decisions),
         "max_new_tokens": plan.gen_tokens,
         "rows_stopped_at_eos": sum(1 for d in decisions if not d.turn_truncated),
-        "what": "LMPolicy(mode='generate').decide: new tokens / s (KV cache, full-softmax sampling, one call)",
+        "sampler": type(getattr(policy, "sampler", None)).__name__,
+        "what": "LMPolicy(mode='generate').decide with its default sampler: new tokens / s (one call)",
     }
 
 
@@ -442,6 +443,7 @@ def phase_grpo(ctx: Context, shape: Shape, deadline: float) -> dict[str, Any]:
         "rollout_seconds_per_batch": rollout_s / len(steps),
         "loss": finite_metric(trainer, "train/loss"),
         "kl_coef": loss.kl_coef,
+        "sampler": type(getattr(policy, "sampler", None)).__name__,
         "micro_batch_tokens": plan.micro_batch_tokens,
         "turns_per_episode": plan.grpo_turns,
         "max_turn_tokens": plan.grpo_turn_tokens,
@@ -628,6 +630,7 @@ def markdown(data: dict[str, Any]) -> str:
         extra = {
             key: row[key]
             for key in (
+                "sampler",
                 "rollout_generation_tokens_per_s",
                 "rollout_seconds_per_batch",
                 "seconds_per_update",
