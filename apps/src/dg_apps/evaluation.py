@@ -11,7 +11,7 @@ from dg_apps.config import EvalConfig
 from dg_apps.models import load_policy
 from dg_apps.rundir import RunDir
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
-from dg_core import EnvPool, Task, read_trajectories, write_trajectories
+from dg_core import ConfigError, EnvPool, Task, read_trajectories, write_trajectories
 
 __all__ = ["BASELINES", "evaluate", "run_eval"]
 
@@ -34,8 +34,7 @@ def _baseline(name: str, config: EvalConfig, tasks: list[Task], seed: int, outpu
         run=f"{name}-seed{seed}",
         progress=progress,
     )
-    episodes = list(read_trajectories(output))
-    return sum(t.success for t in episodes) / len(episodes)
+    return _success_rate([t.success for t in read_trajectories(output)])
 
 
 def _lm(policy: Any, config: EvalConfig, tasks: list[Task], seed: int, output: Path) -> float:
@@ -48,7 +47,20 @@ def _lm(policy: Any, config: EvalConfig, tasks: list[Task], seed: int, output: P
     finally:
         engine.env.close()
     write_trajectories(output, [episode.trajectory(policy.policy_id) for episode in rollouts.episodes])
-    return float(rollouts.stats.success_rate)
+    return _success_rate([episode.success for episode in rollouts.episodes])
+
+
+def _success_rate(successes: list[bool]) -> float:
+    """Successes / episodes through dg-rl's torchmetrics ``SuccessRate`` (exactly the Python division). ``dg eval``
+    plays the whole panel in this one process, so there is nothing to reduce across ranks (were it launched on
+    several, every rank would hold the same episodes): the metric does not sync."""
+    from dg_rl import SuccessRate
+
+    if not successes:
+        raise ConfigError("dg eval played no episode: the task panel is empty")
+    metric = SuccessRate(sync_on_compute=False)
+    metric.update(successes)
+    return float(metric.compute())
 
 
 def evaluate(config: EvalConfig, output: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -16,7 +16,6 @@ Every audit runs under ablations (no retrieval, no reasoning, no history) so the
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from dg_expmodel._audit_metrics import (
     BinaryStats,
     TagStats,
     content_words,
+    mean_of,
     mmd_permutation_test,
     set_f1,
     token_f1,
@@ -280,12 +280,12 @@ def teacher_forced(
     for name, indices in sorted(groups.items()):
         per_group[name] = {
             "steps": len(indices),
-            "reward_accuracy": statistics.mean(predictions[i].reward == real[i].reward for i in indices),
+            "reward_accuracy": mean_of(predictions[i].reward == real[i].reward for i in indices),
             "success_f1": BinaryStats.of(
                 [_success(predictions[i].reward, predictions[i].done) for i in indices],
                 [_success(real[i].reward, real[i].done) for i in indices],
             ).f1,
-            "next_state_token_f1": statistics.mean(
+            "next_state_token_f1": mean_of(
                 token_f1(predictions[i].next_state.text, real[i].next_state.text) for i in indices
             ),
         }
@@ -301,21 +301,19 @@ def teacher_forced(
             [_success(p.reward, p.done) for p in predictions], [_success(r.reward, r.done) for r in real]
         ),
         done=BinaryStats.of([p.done for p in predictions], [r.done for r in real]),
-        reward_accuracy=statistics.mean(p.reward == r.reward for p, r in zip(predictions, real, strict=True)),
-        exact_match=statistics.mean(
-            p.next_state.text == r.next_state.text for p, r in zip(predictions, real, strict=True)
-        ),
-        token_f1=statistics.mean(
+        reward_accuracy=mean_of(p.reward == r.reward for p, r in zip(predictions, real, strict=True)),
+        exact_match=mean_of(p.next_state.text == r.next_state.text for p, r in zip(predictions, real, strict=True)),
+        token_f1=mean_of(
             token_f1(p.next_state.text, r.next_state.text) for p, r in zip(predictions, real, strict=True)
         ),
-        action_f1=statistics.mean(
+        action_f1=mean_of(
             set_f1(p.next_state.available_actions, r.next_state.available_actions)
             for p, r in zip(predictions, real, strict=True)
         ),
         embedding_similarity=similarity,
-        hallucination_rate=statistics.mean(bool(h) for h in hallucinated),
-        hallucinated_per_step=statistics.mean(len(h) for h in hallucinated),
-        parse_failure_rate=1 - statistics.mean(parsed),
+        hallucination_rate=mean_of(bool(h) for h in hallucinated),
+        hallucinated_per_step=mean_of(len(h) for h in hallucinated),
+        parse_failure_rate=1 - mean_of(parsed),
         mmd2=mmd2,
         mmd_p_value=p_value,
         per_group=per_group,
@@ -419,7 +417,7 @@ def open_loop(
     steps = sorted(by_step)
     return OpenLoop(
         episodes=len(trajectories),
-        token_f1_by_step=[statistics.mean(by_step[s]) for s in steps],
+        token_f1_by_step=[mean_of(by_step[s]) for s in steps],
         first_failure={name: failures[name] for name in FAILURE_TYPES if failures[name]},
         faithful_episodes=faithful,
     )

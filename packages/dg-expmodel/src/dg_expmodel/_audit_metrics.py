@@ -1,4 +1,14 @@
-"""Metrics of experience-model fidelity: pure functions over texts, sets, labels and embeddings."""
+"""Metrics of experience-model fidelity: functions over texts, sets, labels and embeddings.
+
+The audit's counted metrics go through torchmetrics (``dg-expmodel[audit]``): the confusion counts of success and
+done (precision, recall, F1, accuracy) accumulate in ``BinaryStatScores`` and the audit's means (reward accuracy,
+so eps_R, token F1, so eps_P) in a float64 ``MeanMetric``. Both reduce across ranks when they are computed under
+``torch.distributed``, so an audit whose steps are split over processes reports the whole set's numbers
+(:func:`binary_stat_scores`, :func:`exact_mean`, :meth:`BinaryStats.from_metric`). The rates are the same
+definitions, to the bit, as before torchmetrics: precision, recall and F1 are computed from the summed integer
+counts in Python (torchmetrics' own ``BinaryPrecision`` divides in float32 and has one ``zero_division`` for
+precision, recall and F1 alike), and a float64 mean of 0/1 values is exactly hits / total.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +17,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+
+from dg_core import require
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORD_TEXT = """
@@ -65,14 +79,21 @@ class BinaryStats:
 
     @classmethod
     def of(cls, predicted: Sequence[bool], actual: Sequence[bool]) -> BinaryStats:
-        """Count the four outcomes."""
-        pairs = list(zip(predicted, actual, strict=True))
-        return cls(
-            true_positive=sum(p and a for p, a in pairs),
-            false_positive=sum(p and not a for p, a in pairs),
-            false_negative=sum(a and not p for p, a in pairs),
-            true_negative=sum(not p and not a for p, a in pairs),
+        """Count the four outcomes (every prediction is given here: nothing is reduced across ranks)."""
+        metric = binary_stat_scores(sync_on_compute=False)
+        update_binary(metric, predicted, actual)
+        return cls.from_metric(metric)
+
+    @classmethod
+    def from_metric(cls, metric: Any) -> BinaryStats:
+        """The counts of a :func:`binary_stat_scores` metric (summed over the ranks when it syncs on compute);
+        a metric never updated counts nothing."""
+        if not metric.update_called:
+            return cls(0, 0, 0, 0)
+        true_positive, false_positive, true_negative, false_negative, _support = (
+            int(count) for count in metric.compute().tolist()
         )
+        return cls(true_positive, false_positive, false_negative, true_negative)
 
     @property
     def total(self) -> int:
@@ -120,6 +141,46 @@ class BinaryStats:
             "false_negative": self.false_negative,
             "true_negative": self.true_negative,
         }
+
+
+def _torchmetrics() -> ModuleType:
+    return require("torchmetrics", distribution="dg-expmodel", extra="audit", purpose="The audit's metrics")
+
+
+def binary_stat_scores(**kwargs: Any) -> Any:
+    """torchmetrics' ``BinaryStatScores``: confusion counts accumulated by :func:`update_binary` (or its own
+    ``update(preds, target)``), summed across ranks when computed; read them with :meth:`BinaryStats.from_metric`.
+    ``kwargs`` go to the metric (``sync_on_compute``, ``process_group``...)."""
+    return _torchmetrics().classification.BinaryStatScores(**kwargs)
+
+
+def update_binary(metric: Any, predicted: Sequence[bool], actual: Sequence[bool]) -> None:
+    """Add predicted / actual pairs of booleans to a :func:`binary_stat_scores` metric."""
+    torch = require("torch", distribution="dg-expmodel", extra="audit", purpose="The audit's metrics")
+    if len(predicted) != len(actual):
+        raise ValueError(f"{len(predicted)} predictions for {len(actual)} actual outcomes")
+    if predicted:  # torchmetrics cannot reshape an empty batch
+        metric.update(torch.tensor([bool(p) for p in predicted]).long(), torch.tensor([bool(a) for a in actual]).long())
+
+
+def exact_mean(**kwargs: Any) -> Any:
+    """torchmetrics' ``MeanMetric`` accumulating in float64, reduced across ranks when computed: the mean of 0/1
+    values is then exactly hits / total (a Python division), and a mean of scores matches ``statistics.mean`` to
+    about 1e-16. ``kwargs`` go to the metric."""
+    torch = require("torch", distribution="dg-expmodel", extra="audit", purpose="The audit's metrics")
+    return _torchmetrics().aggregation.MeanMetric(nan_strategy="error", **kwargs).set_dtype(torch.float64)
+
+
+def mean_of(values: Iterable[float]) -> float:
+    """The mean of ``values`` through :func:`exact_mean`, in this process (all values are given here: nothing is
+    reduced across ranks). No values is an error (``ValueError``), as it was with ``statistics.mean``."""
+    torch = require("torch", distribution="dg-expmodel", extra="audit", purpose="The audit's metrics")
+    data = [float(value) for value in values]
+    if not data:
+        raise ValueError("mean_of needs at least one value")
+    metric = exact_mean(sync_on_compute=False)
+    metric.update(torch.tensor(data, dtype=torch.float64))
+    return float(metric.compute())
 
 
 @dataclass(frozen=True)
