@@ -41,6 +41,9 @@ class RunCounters(Callback):
     The data module asks ``spent`` before every collection (``stop_when``), so the batch that crosses the budget
     is still trained on, ``updates_per_batch`` times, and nothing is collected after it.
 
+    It counts the statistics the data module sums over all ranks (``on_stats``), so under DDP the counts, the
+    history and the budget are the run's, the same on every rank: four ranks spend one budget, not four.
+
     Its state is saved in checkpoints, so a resumed run keeps counting where it stopped.
     """
 
@@ -53,9 +56,8 @@ class RunCounters(Callback):
         self.batches = 0
         self.history: list[dict[str, float]] = []
 
-    def on_batch(self, rollouts: Any) -> None:
-        """The data module's hook: one collected batch."""
-        stats = rollouts.stats
+    def on_batch(self, stats: Any) -> None:
+        """The data module's ``on_stats`` hook: one collected batch, its ``RolloutStats`` over all ranks."""
         if self.real:
             self.real_transitions += int(stats.turns)
         else:
@@ -362,7 +364,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         updates_per_batch=algo.updates_per_batch,
         seed=config.seed,
         task_source=source,
-        on_batch=counters.on_batch,
+        on_stats=counters.on_batch,  # every rank's transitions: one budget for the whole run
         max_batches=algo.steps,  # no batch collected ahead that training never uses
         stop_when=lambda: counters.spent,  # nothing collected past the real budget
     )
