@@ -21,6 +21,18 @@ import pytest
 import torch
 
 CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "check.py"
+COMMAND = [
+    sys.executable,
+    str(CHECK),
+    "--device",
+    "cpu",
+    "--size",
+    "tiny",
+    "--precision",
+    "bf16-mixed",
+    "--threads",
+    "1",
+]
 pytestmark = pytest.mark.skipif(not CHECK.exists(), reason="needs the repository's benchmarks/ folder")
 
 
@@ -55,7 +67,8 @@ def test_the_real_shapes_have_the_published_sizes() -> None:
 def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DG_COMMIT": "test"}
     done = subprocess.run(
-        [sys.executable, str(CHECK), "--device", "cpu", "--size", "tiny", "--out", str(tmp_path), "--threads", "1"],
+        # bf16-mixed as on the GPU (Lightning autocasts to bf16 on CPU too), so the same precision path runs here.
+        [*COMMAND, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -65,20 +78,20 @@ def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["complete"] is True and data["size"] == "tiny" and data["commit"] == "test"
-    assert data["device"]["kind"] == "cpu" and data["precision"] == "32-true"
+    assert data["device"]["kind"] == "cpu" and data["precision"] == "bf16-mixed"
     assert set(data["versions"]) >= {"python", "torch", "transformers", "lightning", "peft"}
 
     rows = {(row["phase"], row["model"], row["dtype"]): row for row in data["phases"]}
     expected = {
         ("generate", "tiny-a", "bf16 weights"),
         ("generate", "tiny-a", "fp32 weights"),
-        ("grpo", "tiny-a", "32-true"),
-        ("sft", "tiny-a", "32-true"),
-        ("synthetic_grpo_step", "tiny-a", "32-true"),
+        ("grpo", "tiny-a", "bf16-mixed"),
+        ("sft", "tiny-a", "bf16-mixed"),
+        ("synthetic_grpo_step", "tiny-a", "bf16-mixed"),
         ("generate", "tiny-b", "bf16 weights"),
         ("generate", "tiny-b", "fp32 weights"),
-        ("grpo", "tiny-b", "32-true"),
-        ("sft", "tiny-b", "32-true"),
+        ("grpo", "tiny-b", "bf16-mixed"),
+        ("sft", "tiny-b", "bf16-mixed"),
     }
     assert set(rows) == expected and len(data["phases"]) == len(expected)
     plan = data["plan"]
@@ -103,11 +116,11 @@ def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
             generate = rows[("generate", model, dtype)]
             assert generate["batch"] == 64 and generate["sampler"] == "TransformersSampler"
             assert 0 < generate["tokens"] <= 64 * plan["gen_tokens"]
-        grpo = rows[("grpo", model, "32-true")]
+        grpo = rows[("grpo", model, "bf16-mixed")]
         assert grpo["batch"] == plan["grpo_tasks"] * plan["grpo_group"]
         assert grpo["updates_measured"] == plan["grpo_steps"]
         assert math.isfinite(grpo["loss"]) and grpo["rollout_generation_tokens_per_s"] > 0
-        sft = rows[("sft", model, "32-true")]
+        sft = rows[("sft", model, "bf16-mixed")]
         assert sft["steps_measured"] == plan["sft_steps"] and sft["batch"] == plan["sft_batch"]
         assert sft["deterministic"] is True and 0 < sft["loss"] < 20  # cross-entropy of an untrained model
     assert (
@@ -115,7 +128,7 @@ def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
         > rows[("generate", "tiny-a", "fp32 weights")]["parameters"]
     )
 
-    step: dict[str, Any] = rows[("synthetic_grpo_step", "tiny-a", "32-true")]
+    step: dict[str, Any] = rows[("synthetic_grpo_step", "tiny-a", "bf16-mixed")]
     assert math.isfinite(step["loss"]) and step["policy_on"] == "cpu"
     assert step["episodes"] == step["batch"] == plan["synthetic_tasks"] * plan["synthetic_group"]
     assert step["replay_real_transitions"] > 0
