@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -152,9 +153,14 @@ def test_ppo_and_string_sources_by_class_path(tmp_path: Path, capsys: pytest.Cap
     assert resolved["model"]["class_path"] == "dg_rl.PPOModule"
     assert resolved["model"]["init_args"]["gamma"] == 0.9
     assert resolved["data"]["policy"]["model"] == "tiny"
-    main(["fit", "--config", str(config), "--trainer.max_steps=1"])
-    state = torch.load(next((run_dir(tmp_path / "run") / "checkpoints").glob("*.ckpt")), weights_only=True)
+    own_folder = tmp_path / "ckpts"  # a ModelCheckpoint with its own folder gets the config too
+    callback = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(own_folder)}}
+    main(["fit", "--config", str(config), "--trainer.max_steps=1", f"--trainer.callbacks=[{json.dumps(callback)}]"])
+    state = torch.load(next(own_folder.glob("*.ckpt")), weights_only=True)
     assert state["global_step"] == 1
+    beside = yaml.safe_load((own_folder / "config.yaml").read_text())
+    assert beside == yaml.safe_load((run_dir(tmp_path / "run") / "config.yaml").read_text())
+    assert beside["model"]["class_path"] == "dg_rl.PPOModule"
     assert "value_head.weight" in state["state_dict"]  # PPO's value head was trained with the policy
 
 
@@ -230,3 +236,32 @@ def test_a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_an_uninterru
     uninterrupted = load_file(run_dir(tmp_path / "full") / "policy" / "model.safetensors")
     continued = load_file(resumed / "policy" / "model.safetensors")
     assert all(torch.equal(uninterrupted[name], continued[name]) for name in uninterrupted)
+
+
+@pytest.mark.slow
+def test_fit_under_ddp_with_two_processes(tmp_path: Path) -> None:
+    """Lightning launches the second rank by running the same command line again; the config is written and the
+    policy saved by rank 0 only, without a collective call that rank 1 would not join (that would hang)."""
+    config = write(tmp_path / "fit.yaml", tiny_config(tmp_path / "run"))
+    port = str(29_500 + (os.getpid() * 13) % 1000)
+    result = subprocess.run(
+        [sys.executable, "-m", "dg_rl", "fit", "--config", str(config), "--trainer.strategy=ddp",
+         "--trainer.devices=2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port, "PYTHONWARNINGS": "ignore"},
+        timeout=170,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stderr + result.stdout
+    run = run_dir(tmp_path / "run")
+    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text()) == yaml.safe_load(
+        (run / "checkpoints" / "config.yaml").read_text()
+    )
+    weights = load_file(run / "policy" / "model.safetensors")
+    trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(weights[name], trained[name]) for name in weights)

@@ -13,8 +13,7 @@ The config has the three sections of any LightningCLI run:
   ``data.updates_per_batch`` (no batch is collected that training would not use).
 
 The resolved config is saved as ``config.yaml`` in the trainer's log directory, beside its ``checkpoints/``
-folder (``<default_root_dir>/lightning_logs/version_N/``), and, where a ``ModelCheckpoint`` names its own
-``dirpath``, into that folder too. When training ends the policy is saved there as a Hugging Face directory
+folder (``<default_root_dir>/lightning_logs/version_N/``), and into every ``ModelCheckpoint``'s folder too. When training ends the policy is saved there as a Hugging Face directory
 (``policy/``: safetensors and tokenizer; LoRA merged).
 
 dg-rl never imports dg-expmodel: a synthetic environment is one more registered name (dg-expmodel registers
@@ -298,14 +297,14 @@ def _batches(max_steps: int, updates_per_batch: int) -> int | None:
     return max(1, -(-max_steps // max(1, updates_per_batch)))
 
 
-def _config_dirs(trainer: L.Trainer) -> list[Path]:
-    """Where the resolved config goes: the log directory (Lightning's checkpoints default to its
-    ``checkpoints/``) and every ``ModelCheckpoint`` folder named in the config."""
-    dirs = [Path(trainer.log_dir)] if trainer.log_dir else []
-    for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            dirs.append(Path(callback.dirpath))
-    return dirs
+def _checkpoint_dirs(trainer: L.Trainer) -> list[Path]:
+    """The folders ``ModelCheckpoint`` callbacks name in the config (Lightning's default, ``None``, is
+    ``<log_dir>/checkpoints``, beside the ``config.yaml`` LightningCLI writes)."""
+    return [
+        Path(callback.dirpath)
+        for callback in trainer.callbacks  # type: ignore[attr-defined]
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath
+    ]
 
 
 def _default_logger(trainer: dict[str, Any] | None) -> dict[str, Any]:
@@ -331,12 +330,15 @@ def _build_cli(args: list[str] | None, run: bool = True) -> Any:
 
     class SaveConfigBesideCheckpoints(save_config_callback):  # type: ignore[misc, valid-type]
         """Writes ``config.yaml`` into the log directory (the parent of Lightning's default ``checkpoints/``)
-        and into the folder of every ``ModelCheckpoint`` that names one."""
+        and into the folder of every ``ModelCheckpoint``."""
 
-        def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-            default = Path(trainer.log_dir) if trainer.log_dir else None
-            for folder in _config_dirs(trainer):
-                if folder == default:
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            # After the checkpoint callbacks' own setup (which warns about a folder that is not empty).
+            log_dir = trainer.log_dir  # every rank: reading it broadcasts rank 0's
+            if not trainer.is_global_zero:
+                return
+            for folder in _checkpoint_dirs(trainer):
+                if log_dir and folder == Path(log_dir):
                     continue  # written by the base class
                 folder.mkdir(parents=True, exist_ok=True)
                 self.parser.save(
@@ -357,9 +359,11 @@ def _build_cli(args: list[str] | None, run: bool = True) -> Any:
             return trainer
 
         def after_fit(self) -> None:
-            if self.trainer.is_global_zero and self.trainer.log_dir:
+            if self.trainer.is_global_zero:  # the folder read without trainer.log_dir, which is collective
+                loggers = self.trainer.loggers
+                folder = loggers[0].log_dir if loggers and loggers[0].log_dir else self.trainer.default_root_dir
                 policy = self.datamodule.policy
-                save_model(policy.model, policy.tokenizer, Path(self.trainer.log_dir) / "policy")
+                save_model(policy.model, policy.tokenizer, Path(folder) / "policy")
 
     return PolicyCLI(
         model_class=_PolicyModule,
