@@ -77,14 +77,14 @@ class ExperienceModelSFT(L.LightningModule):
         size = batch["input_ids"].shape[0]
         self._tokens += int(batch["attention_mask"].sum())
         elapsed = max(1e-9, time.perf_counter() - self._started)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)  # the mean over ranks
         self.log("train/tokens_per_s", self._tokens / elapsed, prog_bar=True, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Held-out loss ``val/loss``."""
         loss: torch.Tensor = self(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> Any:

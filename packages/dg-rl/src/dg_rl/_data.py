@@ -140,7 +140,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.last_tasks: list[Task] = []
         """This rank's slice of ``last_draw``."""
         self.task_source_resyncs = 0
-        """Steps at which a rank's task source had drifted from rank 0's and was given rank 0's state."""
+        """Steps at which some rank's task source drew differently from rank 0's or held another state (rank 0's
+        draw is played; a source with ``state_dict`` / ``load_state_dict`` is given rank 0's state)."""
         self._collected: tuple[int, RolloutBatch] | None = None
         self._pending_rng: dict[str, Any] | None = None
 
