@@ -469,32 +469,28 @@ def load_expmodel(
     top_k: int | None = None,
     history_window: int | None = None,
 ) -> ExpModelBundle:
-    """Load a ``dg expmodel fit`` run: model behind its backend, replay buffer (``replay`` overrides its path)."""
-    from dg_expmodel import LLMExperienceModel, PromptOptions, Sampling
-    from dg_replay import ReplayBuffer
+    """Load a ``dg expmodel fit`` run: model behind its backend, replay buffer (``replay`` overrides its path).
+
+    dg-expmodel's ``load_experience_run`` reads the run (the ``synthetic`` env of ``python -m dg_rl fit`` loads it
+    the same way); the backend is :func:`make_backend`'s, which refuses NaN weights with dg's message.
+    """
+    import functools
+
+    from dg_expmodel import load_experience_run
 
     run = Path(run)
-    meta_file = run / EXPMODEL_META
-    if not meta_file.exists():
+    if not (run / EXPMODEL_META).exists():
         raise ConfigError(f"expmodel: {run} is not a `dg expmodel fit` run (no {EXPMODEL_META})")
-    settings: dict[str, Any] = json.loads(meta_file.read_text())
-    options = PromptOptions.model_validate(settings["options"])
-    updates: dict[str, int] = {}
-    if top_k is not None:
-        updates["max_retrieved"] = top_k
-    if history_window is not None:
-        updates["history_window"] = history_window
-    options = options.model_copy(update=updates)
-    if settings.get("kind") == NEAREST:
-        from dg_expmodel import NearestExperienceModel
-
-        buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
-        return ExpModelBundle(NearestExperienceModel(options), buffer, options, settings)
-    backend = make_backend(settings, run / "model", batch_size=batch_size)
-    sampling = Sampling(max_new_tokens=max_new_tokens or int(settings["max_new_tokens"]))
-    model = LLMExperienceModel(backend, options=options, sampling=sampling, retries=int(settings["retries"]))
-    buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
-    return ExpModelBundle(model, buffer, options, settings)
+    loaded = load_experience_run(
+        run,
+        replay=replay,
+        read_only=read_only,
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        history_window=history_window,
+        backend=functools.partial(make_backend, batch_size=batch_size),
+    )
+    return ExpModelBundle(loaded.model, loaded.buffer, loaded.options, loaded.settings)
 
 
 def make_backend(settings: dict[str, Any], model_dir: Path, *, batch_size: int = 32) -> Any:

@@ -79,6 +79,7 @@ from dg_expmodel._perturbed import (
     state_objects,
 )
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
+from dg_expmodel._run import RUN_SETTINGS, ExperienceRun, RunSyntheticEnv, load_experience_run, synthetic_env
 from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
 from dg_expmodel._synthetic import (
@@ -119,6 +120,7 @@ __all__ = [
     "REJECT_REASONS",
     "RESPONSE_TAGS",
     "REWARD_ERRORS",
+    "RUN_SETTINGS",
     "STOP",
     "SYSTEM_PROMPT",
     "TRANSITION_ERRORS",
@@ -133,6 +135,7 @@ __all__ = [
     "Completion",
     "ExperienceModelSFT",
     "ExperienceModelStats",
+    "ExperienceRun",
     "FitResult",
     "GenerationBackend",
     "IrreversibleMode",
@@ -153,6 +156,7 @@ __all__ = [
     "ReplayWriteBack",
     "RewardRange",
     "RuleBasedAnnotator",
+    "RunSyntheticEnv",
     "SFTExample",
     "Sampling",
     "SimulatorScale",
@@ -177,6 +181,7 @@ __all__ = [
     "format_reward",
     "hallucinated_entities",
     "initial_state_from_metadata",
+    "load_experience_run",
     "load_tokenizer",
     "mmd_permutation_test",
     "parse_response",
@@ -187,6 +192,7 @@ __all__ = [
     "set_f1",
     "state_objects",
     "step_key",
+    "synthetic_env",
     "target_of",
     "tiny_causal_lm",
     "token_f1",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,13 @@ def load_experience_run(
     max_new_tokens: int | None = None,
     top_k: int | None = None,
     history_window: int | None = None,
+    backend: Callable[[dict[str, Any], Path], Any] | None = None,
 ) -> ExperienceRun:
-    """Load a run directory; ``replay`` opens another copy of its buffer, the other arguments override settings."""
+    """Load a run directory; ``replay`` opens another copy of its buffer, the other arguments override settings.
+
+    ``backend(settings, model_dir)`` builds the generation backend (default: the one ``settings["backend"]``
+    names, loaded through dg-models; ``dg`` passes its own, which also refuses NaN weights).
+    """
     from dg_replay import ReplayBuffer
 
     run = Path(run)
@@ -96,8 +101,8 @@ def load_experience_run(
         model = NearestExperienceModel(options)
     else:
         sampling = Sampling(max_new_tokens=max_new_tokens or int(settings["max_new_tokens"]))
-        backend = _backend(settings, run / "model", batch_size)
-        model = LLMExperienceModel(backend, options=options, sampling=sampling, retries=int(settings["retries"]))
+        generation = backend(settings, run / "model") if backend else _backend(settings, run / "model", batch_size)
+        model = LLMExperienceModel(generation, options=options, sampling=sampling, retries=int(settings["retries"]))
     buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
     return ExperienceRun(model=model, buffer=buffer, options=options, settings=settings)
 
