@@ -39,6 +39,7 @@ from dg_apps.config import (
     S2RConfig,
     TasksConfig,
     TrainConfig,
+    check_machine,
     load_config,
 )
 from dg_apps.rundir import RunDir, default_run_dir
@@ -206,6 +207,7 @@ def check_checkpoints(run: Path) -> None:
 
 def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> dict[str, Any]:
     _, runner, _ = COMMANDS[command]
+    check_machine(config)  # a GPU trainer on a machine without one is refused before the run directory exists
     check_output(output)
     run = RunDir.start(output, command, config)
     if run.done:

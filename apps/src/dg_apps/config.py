@@ -35,6 +35,8 @@ __all__ = [
     "S2RConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "check_machine",
+    "check_strategy",
     "load_config",
     "trainer_keys",
 ]
@@ -428,6 +430,105 @@ def check_trainer(options: dict[str, Any], key: str = "trainer") -> None:
         raise ConfigError(f"{key}.{unknown[0]}: not a lightning.Trainer argument; allowed: {', '.join(allowed)}")
 
 
+POLICY_STRATEGIES = ("auto", "ddp", "fsdp")
+"""``trainer.strategy`` values dg trains a policy with (dg train, dg s2r): one process or Lightning's choice
+(``auto``), DDP, and ``fsdp``, which dg runs as FSDP2 (``dg_rl.FSDP2Strategy``: the weights gathered for rollouts and
+updates, sharded in between). Each also runs as CPU processes over gloo."""
+FIT_STRATEGIES = ("auto", "ddp")
+"""``trainer.strategy`` values ``dg expmodel fit`` (and ``dg demo``, which fits one) takes: the experience model's
+fine-tuning is not sharded by dg."""
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+"""``trainer.accelerator`` values dg supports."""
+
+
+def _trainer_sections(config: BaseModel) -> list[tuple[str, dict[str, Any], tuple[str, ...], str]]:
+    """``(key, trainer options, strategies allowed, command)`` for every Trainer section of ``config``."""
+    if isinstance(config, S2RConfig):
+        return [("train.trainer", config.train.trainer, POLICY_STRATEGIES, "dg s2r")]
+    if isinstance(config, TrainConfig):
+        return [("trainer", config.trainer, POLICY_STRATEGIES, "dg train")]
+    if isinstance(config, FitConfig):
+        return [("trainer", config.trainer, FIT_STRATEGIES, "dg expmodel fit")]
+    if isinstance(config, DemoConfig):
+        return [("trainer", config.trainer, FIT_STRATEGIES, "dg demo (it fits an experience model)")]
+    return []
+
+
+def check_strategy(config: BaseModel) -> None:
+    """Refuse a ``trainer.strategy`` or ``trainer.accelerator`` dg does not support for the command, naming the key,
+    the value and what to use instead (on any machine: what the machine has is :func:`check_machine`'s)."""
+    for key, options, allowed, command in _trainer_sections(config):
+        strategy = options.get("strategy", "auto")
+        if strategy not in allowed:
+            why = (
+                "the experience model's fine-tuning is not sharded; use ddp (LoRA keeps a large model's optimiser "
+                "state small)"
+                if strategy == "fsdp"
+                else "dg trains with Lightning's DDP and with FSDP2 (fsdp) only"
+            )
+            raise ConfigError(
+                f"{key}.strategy: {strategy!r} is not supported by {command}: {why}; use one of {', '.join(allowed)}"
+            )
+        accelerator = options.get("accelerator", "auto")
+        if accelerator not in ACCELERATORS:
+            raise ConfigError(
+                f"{key}.accelerator: {accelerator!r} is not supported by dg; use one of {', '.join(ACCELERATORS)}"
+            )
+
+
+def _device_count(devices: Any, key: str) -> int | None:
+    """How many devices ``trainer.devices`` asks for; ``None`` for all of them (``auto``, -1)."""
+    if isinstance(devices, bool):
+        raise ConfigError(f"{key}.devices: expected a number of devices or a list of GPU indices, got {devices!r}")
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        if "," in text:
+            return len([part for part in text.split(",") if part.strip()])
+        if not text.isdigit():
+            raise ConfigError(f"{key}.devices: expected a number of devices or a list of GPU indices, got {devices!r}")
+        return int(text)
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    raise ConfigError(f"{key}.devices: expected a number of devices or a list of GPU indices, got {devices!r}")
+
+
+def check_machine(config: BaseModel) -> None:
+    """Refuse, before a command starts, a trainer this machine cannot run: a GPU accelerator where no CUDA device is
+    visible, more GPUs than it has, more CPU processes than it has cores. The message names the setting and the fix."""
+    import os
+
+    import torch
+
+    for key, options, _, _ in _trainer_sections(config):
+        accelerator = str(options.get("accelerator", "auto"))
+        wanted = _device_count(options.get("devices", "auto"), key)
+        cuda = torch.cuda.is_available()
+        gpus = torch.cuda.device_count() if cuda else 0
+        if accelerator in ("gpu", "cuda") and not cuda:
+            raise ConfigError(
+                f"{key}.accelerator: {accelerator!r}, but this machine has no CUDA device "
+                f"(torch.cuda.is_available() is False); run it on a machine with GPUs, or set {key}.accelerator=cpu "
+                f"(ddp and fsdp then run as CPU processes over gloo, slowly)"
+            )
+        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda):
+            if wanted is not None and wanted > gpus:
+                raise ConfigError(
+                    f"{key}.devices: {wanted} GPUs asked for, but this machine has {gpus}; set {key}.devices to at "
+                    f"most {gpus} (or -1 for all of them)"
+                )
+        else:
+            cores = os.cpu_count() or 1
+            if wanted is not None and wanted > cores:
+                raise ConfigError(
+                    f"{key}.devices: {wanted} CPU processes asked for, but this machine has {cores} cores; set "
+                    f"{key}.devices to at most {cores}"
+                )
+
+
 def _allowed_keys(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
     current: Any = model
     for part in location[:-1]:
@@ -528,6 +629,7 @@ def load_config(
     train = getattr(config, "train", None)
     if isinstance(train, TrainConfig):
         check_trainer(train.trainer, "train.trainer")
+    check_strategy(config)
     return config
 
 

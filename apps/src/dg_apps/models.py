@@ -394,7 +394,7 @@ def fit_expmodel(
         # Loaded first: an instruct model's chat template renders the training prompts, exactly as the
         # inference backend will render them.
         model, tokenizer = load_lm(config.model, dtype=config.dtype, padding_side="left")
-        lora = LoraSettings() if trainer.get("strategy") != "fsdp" else None
+        lora = LoraSettings()  # a pretrained experience model is fitted with LoRA (dg does not shard this fit)
     if shared:
         annotator, annotation = _annotate_with_llm(config, steps, output, loaded=(model, tokenizer))
     elif not llm:

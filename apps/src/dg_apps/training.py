@@ -276,7 +276,7 @@ LARGE_POLICY_MICRO_BATCH_TOKENS = 1024
 
 def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dict[str, Any]:
     """Train a policy as ``config`` says, in ``run``; returns (and writes) the run's metrics."""
-    from dg_rl import GRPOLoss, GRPOModule, PPOLoss, PPOModule, RolloutDataModule, RolloutEngine
+    from dg_rl import FSDP2Strategy, GRPOLoss, GRPOModule, PPOLoss, PPOModule, RolloutDataModule, RolloutEngine
 
     started = time.perf_counter()
     L.seed_everything(config.seed, verbose=False)
@@ -390,6 +390,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         dirpath=run.path / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=algo.checkpoint_every
     )
     options: dict[str, Any] = {"log_every_n_steps": 1, "enable_model_summary": False, **config.trainer}
+    if options.get("strategy") == "fsdp":  # dg's FSDP: FSDP2 with the weights gathered for rollouts (dg-rl README)
+        options["strategy"] = FSDP2Strategy()
     plugins = [AtomicCheckpointIO(), *_as_list(options.pop("plugins", None))]
     run_state = SaveRunState(buffer, curriculum, run.path / "curriculum.json")
     trainer = L.Trainer(
@@ -407,7 +409,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         # and optimiser state only costs time); otherwise the final step is saved here.
         if run_state.saved_step != trainer.global_step or Path(checkpoints.last_model_path).resolve() != last.resolve():
             trainer.save_checkpoint(last, weights_only=False)
-        save_policy(policy, config.policy, run.path / "policy")
+        save_policy(_unsharded(policy, config, initial_dir), config.policy, run.path / "policy")
     except BaseException:
         # Keep what the last checkpoint needs: the buffer and pool as they were saved with it.
         if buffer is not None:
@@ -471,6 +473,21 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     run.write_metrics(metrics)
     run.write_summary(_summary(config, metrics, run))
     return metrics
+
+
+def _unsharded(policy: Any, config: TrainConfig, initial_dir: Path) -> Any:
+    """``policy`` as it can be saved: itself, or after FSDP a copy rebuilt from ``policy-initial`` (with LoRA's
+    adapters when it has them) holding the trained weights, gathered from every rank (each rank calls this)."""
+    from dg_rl import apply_lora, full_state_dict, sharded_modules
+
+    if not sharded_modules(policy.model):
+        return policy
+    state = full_state_dict(policy.model)
+    plain = load_policy(initial_dir, seed=config.seed, policy_id=policy.policy_id)
+    if config.policy.lora:
+        plain.model = apply_lora(plain.model)
+    plain.model.load_state_dict(state)
+    return plain
 
 
 def _as_list(value: Any) -> list[Any]:
