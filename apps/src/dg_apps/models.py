@@ -193,7 +193,6 @@ def load_policy(
     ``sampler``: the policy settings whose ``sampler`` to use (a resumed ``dg train`` run's); ``None`` samples in
     this process (transformers), whatever the policy was trained with.
 
-
     Any other model source (``smollm2``, a ``.gguf`` file, a Hugging Face directory) is a zero-shot policy
     with the default settings (choose mode, no history, mean log-prob scores; chat prompts for instruct models).
     """
