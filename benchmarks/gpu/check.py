@@ -116,7 +116,8 @@ class Plan:
     shapes: tuple[str, ...]
     tokenizer_vocab: int
     gen_tokens: int
-    """New tokens per row in the generate phase (batch 64)."""
+    """New tokens per row in the generate phase (batch 64); fewer where the warm-up's pace says they would not fit
+    in the phase's time cap."""
     grpo_tasks: int
     grpo_group: int
     grpo_turn_tokens: int
@@ -143,7 +144,7 @@ PLANS = {
         gen_tokens=128,
         grpo_tasks=8,
         grpo_group=8,
-        grpo_turn_tokens=64,
+        grpo_turn_tokens=32,
         grpo_turns=2,
         grpo_warmup=1,
         grpo_steps=4,
@@ -155,7 +156,7 @@ PLANS = {
         synthetic_tasks=4,
         synthetic_group=8,
         synthetic_turns=6,
-        phase_cap_s={"generate": 60.0, "grpo": 90.0, "sft": 60.0, "synthetic_grpo_step": 60.0},
+        phase_cap_s={"generate": 45.0, "grpo": 80.0, "sft": 60.0, "synthetic_grpo_step": 60.0},
     ),
     "tiny": Plan(
         shapes=("tiny-a", "tiny-b"),
@@ -383,10 +384,16 @@ def phase_generate(ctx: Context, shape: Shape, dtype: torch.dtype, deadline: flo
         model, ctx.tokenizer, mode="generate", prompt_format=PROMPT_FORMAT, max_turn_tokens=plan.gen_tokens, seed=0
     )
     requests = policy_requests(GEN_BATCH)
-    policy.decide(requests, max_new_tokens=[min(4, plan.gen_tokens)] * len(requests))  # warm-up: kernels, cache
-    device.sync()
+    warmup_tokens = min(4, plan.gen_tokens)
     started = time.perf_counter()
-    decisions = policy.decide(requests)
+    policy.decide(requests, max_new_tokens=[warmup_tokens] * len(requests))  # warm-up: kernels, allocator
+    device.sync()
+    per_step = (time.perf_counter() - started) / warmup_tokens  # prefill included: an overestimate
+    # One decide call cannot be stopped: fewer new tokens than planned where the plan would overrun the phase.
+    affordable = int(0.8 * (deadline - time.perf_counter()) / per_step)
+    budget = max(min(8, plan.gen_tokens), min(plan.gen_tokens, affordable))
+    started = time.perf_counter()
+    decisions = policy.decide(requests, max_new_tokens=[budget] * len(requests))
     device.sync()
     seconds = time.perf_counter() - started
     new_tokens = sum(len(decision.completion_ids) for decision in decisions)
@@ -395,12 +402,27 @@ def phase_generate(ctx: Context, shape: Shape, dtype: torch.dtype, deadline: flo
         "tokens": new_tokens,
         "seconds": seconds,
         "tokens_per_s": new_tokens / seconds,
+        "seconds_per_step": seconds / budget,
+        "cpu_draw_s_per_step": cpu_draw_seconds(int(model.config.vocab_size)),
         "prompt_tokens_mean": sum(len(d.prompt_ids) for d in decisions) / len(decisions),
-        "max_new_tokens": plan.gen_tokens,
+        "max_new_tokens": budget,
+        "planned_new_tokens": plan.gen_tokens,
         "rows_stopped_at_eos": sum(1 for d in decisions if not d.turn_truncated),
         "sampler": type(getattr(policy, "sampler", None)).__name__,
         "what": "LMPolicy(mode='generate').decide with its default sampler: new tokens / s (one call)",
     }
+
+
+def cpu_draw_seconds(vocab: int, repeats: int = 3) -> float:
+    """Seconds of one token step's draw as dg-rl's transformers sampler makes it today: ``torch.multinomial`` over
+    the full vocabulary of all 64 rows, on the CPU with a seeded generator (for reading ``seconds_per_step``)."""
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.softmax(torch.randn(GEN_BATCH, vocab, generator=generator), dim=-1)
+    torch.multinomial(probabilities, 1, generator=generator)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.multinomial(probabilities, 1, generator=generator)
+    return (time.perf_counter() - started) / repeats
 
 
 def phase_grpo(ctx: Context, shape: Shape, deadline: float) -> dict[str, Any]:
@@ -631,6 +653,9 @@ def markdown(data: dict[str, Any]) -> str:
             key: row[key]
             for key in (
                 "sampler",
+                "max_new_tokens",
+                "seconds_per_step",
+                "cpu_draw_s_per_step",
                 "rollout_generation_tokens_per_s",
                 "rollout_seconds_per_batch",
                 "seconds_per_update",
