@@ -13,8 +13,9 @@ The config has the three sections of any LightningCLI run:
   ``data.updates_per_batch`` (no batch is collected that training would not use).
 
 The resolved config is saved as ``config.yaml`` in the trainer's log directory, beside its ``checkpoints/``
-folder (``<default_root_dir>/lightning_logs/version_N/``), and into every ``ModelCheckpoint``'s folder too. When training ends the policy is saved there as a Hugging Face directory
-(``policy/``: safetensors and tokenizer; LoRA merged).
+folder (``<default_root_dir>/lightning_logs/version_N/``), and into every ``ModelCheckpoint``'s folder too. When
+training ends the policy is saved in the log directory as a Hugging Face directory (``policy/``: safetensors and
+tokenizer; LoRA merged).
 
 dg-rl never imports dg-expmodel: a synthetic environment is one more registered name (dg-expmodel registers
 ``synthetic``, built from a ``dg expmodel fit`` / ``python -m dg_expmodel fit`` directory).
