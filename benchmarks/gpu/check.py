@@ -740,8 +740,9 @@ def check_shape(
 
     for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         phase("generate", f"{dtype_name} weights", partial(phase_generate, ctx, shape, dtype))
-    phase("grpo", ctx.precision, partial(phase_grpo, ctx, shape))
+    # SFT (seconds) before GRPO (its rollouts are the slow part), so a run short of time loses the least.
     phase("sft", ctx.precision, partial(phase_sft, ctx, shape))
+    phase("grpo", ctx.precision, partial(phase_grpo, ctx, shape))
     if synthetic_step:
         phase("synthetic_grpo_step", ctx.precision, partial(phase_synthetic, ctx, shape))
 
