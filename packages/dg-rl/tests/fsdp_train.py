@@ -51,6 +51,7 @@ class Record(L.Callback):
         self.policy = policy
         self.steps: list[dict[str, Any]] = []
         self.forwards = 0
+        self.adam_steps: list[int] = []
         policy.model.register_forward_pre_hook(self._count)
 
     def _count(self, module: nn.Module, args: Any) -> None:
@@ -84,6 +85,8 @@ class Record(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = full_state_dict(pl_module)
+        optimizer: Any = trainer.optimizers[0]
+        self.adam_steps = sorted({int(entry["step"]) for entry in optimizer.state.values() if "step" in entry})
         if trainer.global_rank == 0:
             save_file(state, str(self.out / "initial.safetensors"))
 
@@ -95,6 +98,7 @@ class Record(L.Callback):
             "backend": str(torch.distributed.get_backend()),
             "strategy": type(trainer.strategy).__name__,
             "global_step": trainer.global_step,
+            "adam_steps_at_start": self.adam_steps,
             "steps": self.steps,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
@@ -102,7 +106,7 @@ class Record(L.Callback):
             save_file(state, str(self.out / "weights.safetensors"))
 
 
-def main(out: Path, strategy_name: str, variant: str) -> None:
+def main(out: Path, strategy_name: str, variant: str, max_steps: int = 3, resume: str | None = None) -> None:
     torch.set_num_threads(1)
     # Corridors of 2 to 5 rooms: prompts of different lengths, so ranks score different numbers of micro-batches.
     tasks = [scripted_task(f"t{i}", rooms=2 + i % 4, goal_item=ITEMS[i % len(ITEMS)], seed=i) for i in range(8)]
@@ -138,15 +142,23 @@ def main(out: Path, strategy_name: str, variant: str) -> None:
         accelerator="cpu",
         strategy=strategy,
         devices=2,
-        max_steps=3,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[Record(out, make_plain, policy)],
     )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    trainer.save_checkpoint(out / "last.ckpt")  # every rank takes part (FSDP gathers the shards)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    # OUT STRATEGY VARIANT [MAX_STEPS [CHECKPOINT to resume from]]
+    main(
+        Path(sys.argv[1]),
+        sys.argv[2],
+        sys.argv[3],
+        int(sys.argv[4]) if len(sys.argv) > 4 else 3,
+        sys.argv[5] if len(sys.argv) > 5 else None,
+    )

@@ -23,12 +23,11 @@ from dg_rl._sharding import reduce_gradients, refuse_unsupported_strategy
 SCRIPT = Path(__file__).with_name("fsdp_train.py")
 
 
-def _train(out: Path, strategy: str, variant: str, port: int) -> dict[str, Any]:
+def _train(out: Path, strategy: str, variant: str, port: int, *more: str) -> dict[str, Any]:
     out.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(port)}
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), strategy, variant], env=env, capture_output=True, text=True, timeout=280
-    )
+    command = [sys.executable, str(SCRIPT), str(out), strategy, variant, *more]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     return {
@@ -85,6 +84,22 @@ def test_fsdp_trains_the_weights_ddp_trains(tmp_path: Path, variant: str) -> Non
         if variant == "grpo-lora" and "lora_" not in name:
             assert change == 0.0, f"{name}: a frozen base weight moved"
     assert moved >= 10  # training did change the weights
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_an_fsdp_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    port = 31_000 + (os.getpid() % 300) * 6 + 5
+    first = _train(tmp_path / "first", "fsdp", "grpo", port, "2")
+    resumed = _train(tmp_path / "resumed", "fsdp", "grpo", port + 1, "3", str(tmp_path / "first" / "last.ckpt"))
+    # The checkpoint (one file, gathered from both ranks' shards) gives back the weights of step 2 exactly ...
+    for name, tensor in first["final"].items():
+        torch.testing.assert_close(resumed["initial"][name], tensor, rtol=0, atol=0)
+    # ... and AdamW's state of two steps on both ranks; the resumed run trains step 3 and moves the weights.
+    assert [r["adam_steps_at_start"] for r in first["ranks"]] == [[], []]
+    assert [r["adam_steps_at_start"] for r in resumed["ranks"]] == [[2], [2]]
+    assert [(r["global_step"], len(r["steps"])) for r in resumed["ranks"]] == [(3, 1), (3, 1)]
+    assert max(float((resumed["final"][n] - t).abs().max()) for n, t in first["final"].items()) > 1e-4
 
 
 def test_full_parameters_and_state_do_nothing_to_a_plain_module() -> None:
