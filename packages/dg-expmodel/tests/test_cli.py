@@ -105,6 +105,18 @@ def test_fit_writes_a_run_directory_the_synthetic_env_loads(tmp_path: Path) -> N
     assert len(original) == seeded
     original.close()
 
+    # The fitted model/ is a model source for another fit (dg_models loads it; its tokenizer renders the examples).
+    source = {
+        "class_path": "dg_expmodel.cli.PretrainedModel",
+        "init_args": {"source": str(run / "model"), "lora": False},
+    }
+    again = tmp_path / "again"
+    main(["fit", "--config", str(fit_config(tmp_path, again)), f"--data.run_dir={again}", f"--data.model={source}"])
+    before = json.loads((run / "model" / "config.json").read_text())
+    after = json.loads((again / "model" / "config.json").read_text())
+    assert (after["hidden_size"], after["vocab_size"]) == (before["hidden_size"], before["vocab_size"])
+    assert (again / "expmodel.json").is_file()
+
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = fit_config(tmp_path, tmp_path / "run")

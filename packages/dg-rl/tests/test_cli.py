@@ -129,6 +129,14 @@ def test_fit_as_a_module_trains_and_saves_the_config_beside_the_checkpoints(tmp_
     repeated = load_file(run_dir(again) / "policy" / "model.safetensors")
     assert all(torch.equal(weights[name], repeated[name]) for name in weights)
 
+    # The saved policy/ is a model source: training continues from it (dg_models loads it; LoRA on top).
+    source = {"class_path": "dg_rl.cli.PretrainedModel", "init_args": {"source": str(run / "policy")}}
+    more = tiny_config(tmp_path / "more", **{"data.policy": {"model": source, "lora": True}, "trainer.max_steps": 1})
+    main(["fit", "--config", str(write(tmp_path / "more.yaml", more))])
+    continued = load_file(run_dir(tmp_path / "more") / "policy" / "model.safetensors")  # adapters merged
+    assert continued.keys() == weights.keys()
+    assert continued["model.embed_tokens.weight"].shape == weights["model.embed_tokens.weight"].shape
+
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write(tmp_path / "fit.yaml", tiny_config(tmp_path / "run"))
