@@ -171,6 +171,9 @@ def test_every_dg_train_setting_lands_in_the_converted_config(tmp_path: Path) ->
     assert cli["seed_everything"] == 11 and cli["data"]["seed"] == 11
     assert cli["trainer"]["max_steps"] == 15 and cli["trainer"]["precision"] == "bf16-mixed"
     assert cli["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 4
+    sharded = load_config(TrainConfig, None, [*overrides, "trainer={accelerator: cpu, strategy: fsdp}"])
+    fsdp = lightning_cli_config(sharded, tmp_path / "tasks.jsonl", tmp_path)["trainer"]["strategy"]
+    assert fsdp == {"class_path": "dg_rl.FSDP2Strategy"}  # what dg train runs for strategy: fsdp
     data = cli["data"]
     assert (data["env"], data["env_options"]) == ("scripted", {"max_steps": 7})
     assert (data["group_size"], data["tasks_per_step"], data["updates_per_batch"]) == (5, 6, 3)

@@ -146,6 +146,8 @@ def lightning_cli_config(config: TrainConfig, tasks_file: Path, root_dir: Path) 
         ],
         **config.trainer,
     }
+    if trainer.get("strategy") == "fsdp":  # dg's fsdp is FSDP2 with the weights gathered for rollouts, as dg train
+        trainer["strategy"] = {"class_path": "dg_rl.FSDP2Strategy"}
     return {
         "seed_everything": config.seed,
         "trainer": trainer,

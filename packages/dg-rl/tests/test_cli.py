@@ -274,3 +274,26 @@ def test_fit_under_ddp_with_two_processes(tmp_path: Path) -> None:
     weights = load_file(run / "policy" / "model.safetensors")
     trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(weights[name], trained[name]) for name in weights)
+
+
+@pytest.mark.slow
+def test_fit_under_fsdp2_saves_the_gathered_policy(tmp_path: Path) -> None:
+    """``trainer.strategy: dg_rl.FSDP2Strategy`` (one CPU process): the policy saved at the end is gathered from the
+    shards and equals, weight for weight, the policy of the same run without sharding."""
+    config = write(tmp_path / "fit.yaml", tiny_config(tmp_path / "plain"))
+    main(["fit", "--config", str(config)])
+    strategy = json.dumps({"class_path": "dg_rl.FSDP2Strategy"})
+    result = subprocess.run(
+        [sys.executable, "-m", "dg_rl", "fit", "--config", str(config), f"--trainer.strategy={strategy}",
+         f"--trainer.default_root_dir={tmp_path / 'fsdp'}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29_500 + (os.getpid() * 17) % 1000)},
+        timeout=170,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = load_file(run_dir(tmp_path / "plain") / "policy" / "model.safetensors")
+    sharded = load_file(run_dir(tmp_path / "fsdp") / "policy" / "model.safetensors")
+    assert sharded.keys() == plain.keys()
+    assert all(torch.equal(plain[name], sharded[name]) for name in plain)

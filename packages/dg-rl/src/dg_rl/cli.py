@@ -44,6 +44,7 @@ from dg_rl._lora import apply_lora
 from dg_rl._policy import ActionMode, LMPolicy, ScoreReduction
 from dg_rl._prompt import PromptFormat
 from dg_rl._rollout import RolloutEngine
+from dg_rl._sharding import full_state_dict, sharded_modules
 
 __all__ = [
     "ModelSource",
@@ -291,6 +292,22 @@ class RolloutData(RolloutDataModule):
         self.engine.env.close()
 
 
+def savable_model(model: Any) -> Any:
+    """``model`` as ``save_model`` can write it: itself, or after FSDP2 a plain copy of the same architecture (and
+    LoRA adapters, when it has them) holding the trained weights gathered from every rank (each rank calls this)."""
+    if not sharded_modules(model):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    state = full_state_dict(model)
+    dtype = next(iter(state.values())).dtype
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    if any(".lora_" in name for name in state):
+        plain = apply_lora(plain)
+    plain.load_state_dict(state)
+    return plain
+
+
 def _batches(max_steps: int, updates_per_batch: int) -> int | None:
     """``trainer.max_steps`` optimiser steps in batches of ``updates_per_batch`` (``None``: no step limit)."""
     if max_steps is None or max_steps < 0:
@@ -360,11 +377,12 @@ def _build_cli(args: list[str] | None, run: bool = True) -> Any:
             return trainer
 
         def after_fit(self) -> None:
-            if self.trainer.is_global_zero:  # the folder read without trainer.log_dir, which is collective
+            policy = self.datamodule.policy
+            model = savable_model(policy.model)  # every rank: gathering FSDP2 shards is collective
+            if self.trainer.is_global_zero:  # the folder read without trainer.log_dir, which is collective too
                 loggers = self.trainer.loggers
                 folder = loggers[0].log_dir if loggers and loggers[0].log_dir else self.trainer.default_root_dir
-                policy = self.datamodule.policy
-                save_model(policy.model, policy.tokenizer, Path(folder) / "policy")
+                save_model(model, policy.tokenizer, Path(folder) / "policy")
 
     return PolicyCLI(
         model_class=_PolicyModule,
