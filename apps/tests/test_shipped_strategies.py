@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_unsupported_strategies_and_missing_hardware_are_refused_with_the_settin
         check_machine(load_config(TrainConfig, overrides=fine))
 
 
-def _dg(args: list[str], port: int) -> dict[str, Any]:
+def _dg(args: list[str], port: int, output: Path | None = None) -> dict[str, Any]:
     """Run ``dg`` in a process of its own (a distributed strategy's process group must not outlive the command)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -125,7 +126,7 @@ def _dg(args: list[str], port: int) -> dict[str, Any]:
         timeout=400,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    output = Path(args[args.index("--output") + 1])
+    output = output or Path(args[args.index("--output") + 1])
     metrics: dict[str, Any] = json.loads((output / "metrics.json").read_text())
     return metrics
 
@@ -178,3 +179,13 @@ def test_every_shipped_strategy_runs_here_at_tiny_size(workspace: Path, expert_d
         trained = load_file(str(out / "policy" / "model.safetensors"))
         assert initial.keys() == trained.keys()  # saved whole (LoRA merged, FSDP's shards gathered)
         assert any(not torch.equal(initial[name], trained[name]) for name in initial), f"{strategy}: nothing trained"
+        # A run stopped after its last checkpoint resumes under the same strategy (LoRA adapters put back on the
+        # saved initial policy, FSDP's checkpoint loaded into the sharded model) and saves the same policy.
+        resumed = out.with_name(out.name + "-resumed")
+        shutil.copytree(out, resumed)
+        shutil.rmtree(resumed / "policy")
+        meta = json.loads((resumed / "run.json").read_text())
+        (resumed / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+        assert _dg(["resume", str(resumed)], port + 4 + index, resumed)["optimizer_steps"] == 2
+        again = load_file(str(resumed / "policy" / "model.safetensors"))
+        assert all(torch.equal(again[name], trained[name]) for name in trained), strategy

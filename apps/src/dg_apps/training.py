@@ -285,6 +285,10 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     initial_dir = run.path / "policy-initial"
     if initial_dir.exists():
         policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name, sampler=config.policy)
+        if config.policy.lora:  # saved merged: the adapters the checkpoint holds go back on (their values come from it)
+            from dg_rl import apply_lora
+
+            policy.model = apply_lora(policy.model)
     else:
         policy = build_policy(config.policy, trajectories=data, tasks=tasks, seed=config.seed, policy_id=run.path.name)
         partial = initial_dir.with_name(initial_dir.name + ".partial")  # a kill while saving leaves no half folder
