@@ -301,7 +301,7 @@ def savable_model(model: Any) -> Any:
 
     state = full_state_dict(model)
     dtype = next(iter(state.values())).dtype
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=dtype)  # type: ignore[no-untyped-call]
     if any(".lora_" in name for name in state):
         plain = apply_lora(plain)
     plain.load_state_dict(state)
