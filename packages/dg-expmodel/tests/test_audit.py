@@ -189,7 +189,8 @@ def test_success_and_done_precision_recall_on_a_hand_made_case(tmp_path: Path) -
     assert saved["simulator_scale"]["eps_R"] == pytest.approx(1 / 3)
     assert saved["simulator_scale"]["transition_errors"] == {"premature_done": 1, "missed_done": 1}
     assert any(
-        line.startswith("On the controlled-error simulator's scale") and "eps_R 0.333 (1 of 3" in line
+        line.startswith("On the controlled-error simulator's scale")
+        and "eps_R 0.333 (1 of 3" in line
         and "eps_P 0.286" in line
         for line in table
     )
