@@ -204,15 +204,12 @@ def _initial_states(tasks: list[Task], trajectories: list[Trajectory], config: T
 def _copy_replay(expmodel: Path, target: Path) -> None:
     """This run's own copy of the experience model's replay buffer, made in a temporary folder and renamed, so a
     kill during the copy leaves no half-written buffer behind (a leftover temporary folder is replaced)."""
-    source = expmodel / "replay"
-    if not source.is_dir():
+    from dg_expmodel import copy_replay
+
+    if not (expmodel / "replay").is_dir():
         what = "no such directory" if not expmodel.exists() else "it holds no replay/ folder"
         raise ConfigError(f"expmodel: {expmodel} is not a `dg expmodel fit` run directory ({what})")
-    partial = target.with_name(target.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    shutil.copytree(source, partial)
-    os.replace(partial, target)
+    copy_replay(expmodel, target)
 
 
 def _curriculum(config: TrainConfig, tasks: list[Task], generator: Any) -> Any:

@@ -79,7 +79,14 @@ from dg_expmodel._perturbed import (
     state_objects,
 )
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
-from dg_expmodel._run import RUN_SETTINGS, ExperienceRun, RunSyntheticEnv, load_experience_run, synthetic_env
+from dg_expmodel._run import (
+    RUN_SETTINGS,
+    ExperienceRun,
+    RunSyntheticEnv,
+    copy_replay,
+    load_experience_run,
+    synthetic_env,
+)
 from dg_expmodel._serve import ModelServer
 from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_examples
 from dg_expmodel._synthetic import (
@@ -174,6 +181,7 @@ __all__ = [
     "check_trace",
     "content_words",
     "copies_outcome",
+    "copy_replay",
     "drop_object",
     "examples_from_trajectories",
     "failure_prediction",
