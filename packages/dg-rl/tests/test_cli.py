@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ def _command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """``main(args)`` runs as ``python -m dg_rl args`` would (LightningCLI warns when pytest's own arguments are
     in ``sys.argv`` beside them)."""
     monkeypatch.setattr(sys, "argv", ["dg_rl"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """In-process runs use one intra-op thread, as the ``OMP_NUM_THREADS=1`` subprocesses beside them do: tests here
+    compare an in-process run with a subprocess run bit for bit, and a float sum split over two threads rounds
+    differently (on a 2-core CI machine torch otherwise takes 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(root: Path, **changes: Any) -> dict[str, Any]:
