@@ -270,6 +270,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         "next_state_exact_match": full.teacher_forced.exact_match,
         "parse_failure_rate": full.teacher_forced.parse_failure_rate,
         "irreversible_tags": full.teacher_forced.irreversible.as_dict(),
+        "next_state_fields": full.teacher_forced.fields.as_dict(),
         "simulator_scale": scale.as_dict(),
         "tolerance": verdict.as_dict(),
         "table": report.markdown(),

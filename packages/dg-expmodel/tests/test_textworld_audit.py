@@ -104,6 +104,12 @@ def test_quick_textworld_audit(tmp_path: Path) -> None:
             forced.parse_failure_rate * steps
         )
         assert scale.eps_p is not None and scale.eps_p >= forced.parse_failure_rate - 1e-12
+        fields = forced.fields
+        assert fields.all.steps == steps == fields.determined.steps + fields.revealing.steps
     lines = (tmp_path / "audit" / "audit.md").read_text().splitlines()
-    assert sum(line.startswith("|") for line in lines) == len(ABLATIONS) + 2
-    assert lines[-1].startswith("On the controlled-error simulator's scale (the tolerance map's axes; full)")
+    table = lines[: lines.index("")]  # the ablation table; the per-field table follows below
+    assert sum(line.startswith("|") for line in table) == len(ABLATIONS) + 2
+    assert lines[len(table) + 1].startswith(
+        "On the controlled-error simulator's scale (the tolerance map's axes; full)"
+    )
+    assert lines[-1].startswith("Targets on determined transitions (full): field F1 ")

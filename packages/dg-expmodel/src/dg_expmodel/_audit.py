@@ -7,7 +7,9 @@ transition error eps_P are small; these audits measure both, with rule-based che
   and confusion (eps_R is 1 - reward accuracy), next-state exact match, token F1, available-action F1 and
   embedding similarity (eps_P is 1 - mean token F1), irreversible-action tag precision / recall (over the
   transitions whose real next state lists irreversible actions), hallucinated entities, parse failures, and
-  the MMD between the embeddings of predicted and real next states with a permutation test;
+  the MMD between the embeddings of predicted and real next states with a permutation test, and per-field
+  next-state fidelity (room, visible objects, inventory, actions) on determined and revealing transitions apart
+  (:mod:`dg_expmodel._fields`);
 - **open-loop** (real action sequences replayed in the :class:`SyntheticEnv`, which feeds on its own
   predictions): token F1 by step and where each episode first goes wrong, in a failure typology.
 
@@ -33,6 +35,7 @@ from dg_expmodel._audit_metrics import (
     set_f1,
     token_f1,
 )
+from dg_expmodel._fields import FieldFidelity
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._synthetic import Retriever, SyntheticEnv, with_initial_state
 
@@ -179,6 +182,8 @@ class TeacherForced:
     """Irreversible-action tags of the predicted next states against the real ones."""
     simulator: SimulatorScale = field(default_factory=SimulatorScale)
     """The same errors on the controlled-error simulator's scale (for the tolerance map)."""
+    fields: FieldFidelity = field(default_factory=lambda: FieldFidelity.of([], [], []))
+    """Per-field next-state fidelity, determined and revealing transitions apart."""
 
     @property
     def eps_r(self) -> float:
@@ -208,6 +213,7 @@ class TeacherForced:
             "parse_failure_rate": self.parse_failure_rate,
             "irreversible_tags": self.irreversible.as_dict(),
             "simulator_scale": self.simulator.as_dict(),
+            "next_state_fields": self.fields.as_dict(),
             "mmd2": self.mmd2,
             "mmd_p_value": self.mmd_p_value,
             "per_group": self.per_group,
@@ -322,6 +328,7 @@ def teacher_forced(
             [p.next_state.irreversible_actions for p in predictions], [r.next_state.irreversible_actions for r in real]
         ),
         simulator=SimulatorScale.of(queries, predictions, real),
+        fields=FieldFidelity.of(queries, predictions, real),
     )
 
 

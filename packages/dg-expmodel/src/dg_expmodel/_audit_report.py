@@ -20,6 +20,7 @@ from dg_expmodel._audit import (
     teacher_forced,
 )
 from dg_expmodel._audit_metrics import BinaryStats, TagStats
+from dg_expmodel._fields import fields_markdown
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._synthetic import Retriever
 
@@ -84,6 +85,8 @@ class AuditReport:
                 f"{tf.parse_failure_rate:.3f} | {mmd} | {loop} | {_tags(tf.irreversible)} |"
             )
         lines += ["", _simulator_line(self.rows[0])] if self.rows else []
+        fields = fields_markdown([(row.ablation.name, row.teacher_forced.fields) for row in self.rows])
+        lines += ["", fields] if fields else []
         return "\n".join(lines)
 
 
