@@ -131,15 +131,28 @@ def _dg(args: list[str], port: int, output: Path | None = None) -> dict[str, Any
     return metrics
 
 
+PROCESSES = min(2, os.cpu_count() or 1)
+"""CPU processes a multi-process run gets here: two where the machine has the cores (CI's has two)."""
+
+
 def _cpu_trainer(key: str, trainer: dict[str, Any]) -> list[str]:
-    """The shipped trainer with every setting kept but the machine's: CPU, one process."""
+    """The shipped trainer with every setting kept but the machine's: CPU, :data:`PROCESSES` processes (gloo)."""
     kept = [f"{key}.{name}={value}" for name, value in trainer.items() if name not in ("accelerator", "devices")]
-    return [arg for setting in [*kept, f"{key}.accelerator=cpu", f"{key}.devices=1"] for arg in ("--set", setting)]
+    machine = [f"{key}.accelerator=cpu", f"{key}.devices={PROCESSES}"]
+    return [arg for setting in [*kept, *machine] for arg in ("--set", setting)]
+
+
+def _finished(run: Path) -> None:
+    """Rank 0 finished the run and released it; no rank left a partial file or a private buffer behind."""
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+    assert not list(run.rglob("*.partial")) and not (run / "replay.partial").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_every_shipped_strategy_runs_here_at_tiny_size(workspace: Path, expert_data: Path) -> None:
+    """Each shipped strategy with its settings, on the CPU in two processes (Lightning starts rank 1, which runs the
+    same dg command in rank 0's run directory): trained, saved whole, counted over both ranks, and resumable."""
     runs: dict[tuple[str, str], tuple[Any, str, dict[str, Any]]] = {}
     for command, config, key, trainer in _shipped_trainers().values():
         strategy = trainer.get("strategy", "auto")
@@ -157,7 +170,8 @@ def test_every_shipped_strategy_runs_here_at_tiny_size(workspace: Path, expert_d
                  "--set", f"data=[{expert_data}]", "--output", str(out)],
                 port + index,
             )  # fmt: skip
-            assert fit["examples"] > 0 and (out / "model").is_dir()
+            assert fit["examples"] > 0 and (out / "model").is_dir() and (out / "expmodel.json").is_file()
+            _finished(out)
             continue
         train = config.train if isinstance(config, S2RConfig) else config
         # Choose mode and 16 episodes a batch: some succeed (a tiny policy that generates never does, every
@@ -175,6 +189,8 @@ def test_every_shipped_strategy_runs_here_at_tiny_size(workspace: Path, expert_d
             port + index,
         )  # fmt: skip
         assert metrics["optimizer_steps"] == 2 and metrics["rollout_batches"] == 2, strategy
+        assert metrics["episodes"] == PROCESSES * 2 * 4 * 4  # every rank plays its groups; rank 0 counts them all
+        _finished(out)
         initial = load_file(str(out / "policy-initial" / "model.safetensors"))
         trained = load_file(str(out / "policy" / "model.safetensors"))
         assert initial.keys() == trained.keys()  # saved whole (LoRA merged, FSDP's shards gathered)
@@ -189,3 +205,82 @@ def test_every_shipped_strategy_runs_here_at_tiny_size(workspace: Path, expert_d
         assert _dg(["resume", str(resumed)], port + 4 + index, resumed)["optimizer_steps"] == 2
         again = load_file(str(resumed / "policy" / "model.safetensors"))
         assert all(torch.equal(again[name], trained[name]) for name in trained), strategy
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_s2r_runs_its_two_phases_in_two_processes(workspace: Path, expert_data: Path, nearest_run: Path) -> None:
+    """``dg s2r`` under DDP: the ranks Lightning starts for the synthetic phase live on into the real phase and join
+    the directory rank 0 makes for it; each rank writes its synthetic transitions back into a buffer of its own, and
+    rank 0's is the one kept; the real budget is spent once over both ranks."""
+    out = workspace / "s2r-ddp"
+    train = [arg.replace("env.", "train.env.", 1) for arg in SCRIPTED_ENV]
+    policy = [arg.replace("policy.", "train.policy.", 1) for arg in TINY_POLICY]
+    metrics = _dg(
+        [
+            "s2r", *train, *policy, *_cpu_trainer("train.trainer", {"strategy": "ddp"}),
+            "--set", f"train.expmodel={nearest_run}", "--set", f"train.data=[{expert_data}]",
+            "--set", "train.policy.mode=choose", "--set", "train.policy.max_turn_tokens=6",
+            "--set", "train.algorithm.steps=2", "--set", "train.algorithm.tasks_per_step=4",
+            "--set", "train.algorithm.group_size=4", "--set", "train.algorithm.updates_per_batch=1",
+            "--set", "real_steps=3", "--set", "real_budget=30", "--output", str(out),
+        ],
+        33_000 + (os.getpid() % 500) * 2,
+    )  # fmt: skip
+    _finished(out)
+    _finished(out / "synthetic")
+    _finished(out / "real")
+    synthetic = json.loads((out / "synthetic" / "metrics.json").read_text())
+    assert synthetic["episodes"] == PROCESSES * 2 * 4 * 4 and synthetic["real_transitions"] == 0
+    # rank 0's buffer: the real seed transitions plus what rank 0 wrote back (rank 1's copy is gone with it)
+    by_source = synthetic["replay"]["by_source"]
+    assert (
+        by_source.get("synthetic", 0) + synthetic["replay"]["placeholders_withheld"]
+        <= synthetic["synthetic_transitions"]
+    )
+    assert metrics["synthetic"]["optimizer_steps"] == 2
+    # the real phase stops once the ranks together used the budget: one batch of 2 x 16 episodes (each at least a
+    # step long) is enough for two processes
+    real = metrics["real"]
+    assert real["real_transitions"] >= 30 or real["optimizer_steps"] == 3
+    if PROCESSES == 2:
+        assert real["optimizer_steps"] == 1
+    assert (out / "real" / "policy" / "model.safetensors").is_file()
+
+
+def test_ranks_and_launchers_dg_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dg_apps.rundir import follower_rank
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert follower_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 after Lightning started the others
+    monkeypatch.setenv("NODE_RANK", "0")
+    assert follower_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning started
+    assert follower_rank() == 1
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")  # local rank 0 of the second node
+    assert follower_rank() == 1
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("NODE_RANK")
+    # A follower whose rank 0 made no run directory is refused, naming it.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    from dg_apps.rundir import RunDir
+
+    with pytest.raises(ConfigError, match=r"rank 1 found no run started there by rank 0"):
+        RunDir.start(tmp_path / "nothing", "train", load_config(TrainConfig))
+    monkeypatch.delenv("LOCAL_RANK")
+    # dg under torchrun: one dg: error line, nothing made.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out)]) == 2
+    assert "dg: error: dg runs under torchrun are not supported" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    # dg demo runs in one process.
+    if (os.cpu_count() or 1) >= 2:
+        with pytest.raises(ConfigError, match=r"trainer\.devices: dg demo runs in one process \(2 asked for"):
+            check_machine(load_config(DemoConfig, overrides=["trainer.accelerator=cpu", "trainer.devices=2"]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 import zipfile
@@ -42,7 +43,7 @@ from dg_apps.config import (
     check_machine,
     load_config,
 )
-from dg_apps.rundir import RunDir, default_run_dir
+from dg_apps.rundir import RUN_DIR_VARIABLE, RunDir, default_run_dir, follower_rank, refuse_external_launcher
 from dg_core import ConfigError, DGError
 
 __all__ = ["COMMANDS", "check_checkpoints", "check_output", "config_path", "main", "shipped_configs"]
@@ -207,9 +208,14 @@ def check_checkpoints(run: Path) -> None:
 
 def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> dict[str, Any]:
     _, runner, _ = COMMANDS[command]
+    refuse_external_launcher()
     check_machine(config)  # a GPU trainer on a machine without one is refused before the run directory exists
+    if follower_rank():  # started by Lightning from rank 0's command line: the run directory is rank 0's
+        output = Path(os.environ.get(RUN_DIR_VARIABLE) or output)
+        return _follow(command, config, output, runner, progress)
     check_output(output)
     run = RunDir.start(output, command, config)
+    os.environ[RUN_DIR_VARIABLE] = str(output)  # for the ranks training starts, if any (they start in this cwd)
     if run.done:
         print(f"dg {command}: {output} already holds this finished run; its summary:\n")
         print((output / "summary.md").read_text())
@@ -226,6 +232,16 @@ def _execute(command: str, config: BaseModel, output: Path, progress: bool) -> d
     print()
     print((output / "summary.md").read_text())
     return metrics
+
+
+def _follow(command: str, config: BaseModel, output: Path, runner: Any, progress: bool) -> dict[str, Any]:
+    """A rank > 0 of a multi-process run: the same command, in rank 0's run directory, writing nothing of its own
+    (rank 0 reports the run)."""
+    run = RunDir.start(output, command, config)
+    if run.done:
+        return {}
+    result: dict[str, Any] = runner(config, run, False)
+    return result
 
 
 def run_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

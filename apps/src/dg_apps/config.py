@@ -543,6 +543,7 @@ def _explain(error: ValidationError, model: type[BaseModel], source: str) -> Con
     lines = []
     for item in error.errors():
         location = tuple(item["loc"])
+            processes = gpus if wanted is None else wanted
         key = ".".join(str(part) for part in location) or "(root)"
         if item["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, location)
@@ -550,6 +551,12 @@ def _explain(error: ValidationError, model: type[BaseModel], source: str) -> Con
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return ConfigError(f"{source}: invalid {model.__name__}:\n  " + "\n  ".join(lines))
+            processes = 1 if wanted is None else wanted
+        if isinstance(config, DemoConfig) and processes > 1:
+            raise ConfigError(
+                f"{key}.devices: dg demo runs in one process ({processes} asked for, counting `auto` as every GPU); "
+                f"set {key}.devices=1 (dg train, dg s2r and dg expmodel fit train on several)"
+            )
 
 
 def _non_finite(value: Any, key: str) -> Iterator[tuple[str, float]]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dg_apps.config import ExpModelConfig, PolicyConfig
+from dg_apps.rundir import follower_rank
 from dg_core import ConfigError, Task, Trajectory, read_trajectories
 
 __all__ = [
@@ -348,7 +349,10 @@ def fit_expmodel(
     if unknown:
         raise ConfigError(f"trainer.{unknown[0]}: not used by `dg expmodel fit`; allowed: {', '.join(sorted(allowed))}")
     replay_dir = output / "replay"
-    if (replay_dir / "manifest.json").exists():  # seeded and saved by an earlier (interrupted) call
+    follower = follower_rank() != 0  # a rank > 0 of a multi-process fit: it reads what rank 0 wrote, writes nothing
+    if follower:  # rank 0 seeded and saved the buffer before training started this rank
+        buffer = ReplayBuffer.open(replay_dir, read_only=True)
+    elif (replay_dir / "manifest.json").exists():  # seeded and saved by an earlier (interrupted) call
         buffer = ReplayBuffer.open(replay_dir)
     else:
         if replay_dir.exists():
@@ -429,12 +433,27 @@ def fit_expmodel(
         resume=True,
         **trainer,
     )
+    stats = buffer.stats()
+    buffer.close()
+    if not follower:  # rank 0 writes the run's model and settings
+        _write_expmodel(config, fit.model_dir, output, options, chat)
+    return {
+        "examples": fit.examples,
+        "dropped_examples": fit.dropped,
+        "fit_metrics": fit.metrics,
+        "resumed_from": fit.resumed_from,
+        "replay_transitions": stats.total,
+        "trajectories": len(trajectories),
+        "annotator": annotation,
+    }
+
+
+def _write_expmodel(config: ExpModelConfig, fitted: Path, output: Path, options: Any, chat: bool) -> None:
+    """``output/model`` (a copy of the fitted Hugging Face directory) and ``output/expmodel.json``."""
     model_dir = output / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    shutil.copytree(fit.model_dir, model_dir)
-    stats = buffer.stats()
-    buffer.close()
+    shutil.copytree(fitted, model_dir)
     settings = {
         "options": options.model_dump(mode="json"),
         "max_new_tokens": config.max_new_tokens,
@@ -447,15 +466,6 @@ def fit_expmodel(
         "vllm": config.vllm,
     }
     (output / EXPMODEL_META).write_text(json.dumps(settings, indent=2))
-    return {
-        "examples": fit.examples,
-        "dropped_examples": fit.dropped,
-        "fit_metrics": fit.metrics,
-        "resumed_from": fit.resumed_from,
-        "replay_transitions": stats.total,
-        "trajectories": len(trajectories),
-        "annotator": annotation,
-    }
 
 
 def load_expmodel(

@@ -12,6 +12,11 @@ RUN/
   .lock             held by the process running it: a second process on the same directory is refused
 ```
 
+Under a trainer with several processes (``trainer.devices`` above 1) Lightning starts the other ranks when training
+begins, each running the same ``dg`` command again. Rank 0 owns the directory (lock, ``run.json``, metrics, summary,
+saved policy and buffer); every other rank opens it as a *follower* (:func:`follower_rank`): it finds the run rank 0
+started, takes no lock and writes nothing but what Lightning itself writes on rank 0's behalf.
+
 Starting a command on a directory that already holds a run of the same command and config resumes it
 (finished stages are kept, training continues from ``checkpoints/last.ckpt``); a different config there is
 refused, naming the first key that differs. A config field added to dg since the run started compares as its
@@ -33,7 +38,50 @@ from pydantic import BaseModel
 from dg_apps.config import dump_config
 from dg_core import ConfigError
 
-__all__ = ["RunDir", "default_run_dir"]
+__all__ = [
+    "RUN_DIR_VARIABLE",
+    "RunDir",
+    "default_run_dir",
+    "follower_rank",
+    "rank_barrier",
+    "refuse_external_launcher",
+]
+
+RUN_DIR_VARIABLE = "DG_RUN_DIR"
+"""Set by rank 0 for the ranks Lightning starts: the run directory they join (a default ``--output`` is a time)."""
+
+
+def follower_rank() -> int:
+    """Non-zero when this process is not rank 0 of a multi-process run (its rank where the launcher says it).
+
+    Lightning's launcher gives the processes it starts ``LOCAL_RANK`` and ``NODE_RANK`` (rank 0 sets its own to 0
+    when it starts them); ``RANK`` is the global rank where a launcher sets it.
+    """
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = (os.environ.get(name) or "0").strip()
+        if value != "0":
+            return int(value)
+    return 0
+
+
+def rank_barrier() -> None:
+    """Wait here for every rank, where their process group is up: in a command's stages after its first training
+    (the group lives on), rank 0 makes what the others then read; before it, the others start only then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def refuse_external_launcher() -> None:
+    """``dg`` under torchrun (or another launcher that starts every rank itself) is refused: a dg command starts its
+    own processes from ``trainer.devices`` and its ranks > 0 join the run directory rank 0 made before training."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        raise ConfigError(
+            "dg runs under torchrun are not supported: a dg command starts its own processes from trainer.devices "
+            "(run it without torchrun); to launch ranks yourself (torchrun, several nodes), train with "
+            "`python -m dg_rl fit` or `python -m dg_expmodel fit` (`dg export-cli` writes the config)"
+        )
 
 
 def default_run_dir(command: str) -> Path:
@@ -89,11 +137,13 @@ def _write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """A run's directory. ``RunDir.start`` creates it or resumes the run already in it."""
 
-    def __init__(self, path: Path, command: str, resumed: bool, lock: Any = None) -> None:
+    def __init__(self, path: Path, command: str, resumed: bool, lock: Any = None, follower: bool = False) -> None:
         self.path = path
         self.command = command
         self.resumed = resumed
         self._lock = lock
+        self.follower = follower
+        """A rank > 0 of a multi-process run: it reads the directory and writes nothing of its own."""
 
     def release(self) -> None:
         """Let other processes open this run directory (``finish`` does it; so does the process's exit)."""
@@ -103,8 +153,14 @@ class RunDir:
 
     @classmethod
     def start(cls, path: str | Path, command: str, config: BaseModel) -> RunDir:
-        """Create ``path`` for a new run, or resume the run of the same command and config in it."""
+        """Create ``path`` for a new run, or resume the run of the same command and config in it.
+
+        A follower rank (:func:`follower_rank`) joins the run rank 0 started there instead (:meth:`follow`).
+        """
         path = Path(path)
+        if follower_rank():
+            rank_barrier()  # rank 0 has made the directory
+            return cls.follow(path, command, config)
         config_file = path / "config.yaml"
         resumed = False
         if config_file.exists():
@@ -131,12 +187,31 @@ class RunDir:
         meta = cls.read_meta(path) if resumed else {"command": command, "started": _now(), "resumes": 0}
         if meta.get("status") == "done":
             run.release()
+            rank_barrier()
             return run  # finished before: kept as it is (callers read its metrics)
         if resumed:
             meta["resumes"] = int(meta.get("resumes", 0)) + 1
         meta.update({"status": "running", "updated": _now()})
         run._write_meta(meta)
+        rank_barrier()
         return run
+
+    @classmethod
+    def follow(cls, path: Path, command: str, config: BaseModel) -> RunDir:
+        """Join, on a rank > 0, the run of ``command`` and ``config`` that rank 0 started in ``path``."""
+        config_file = path / "config.yaml"
+        if not config_file.exists():
+            raise ConfigError(
+                f"{path}: rank {follower_rank()} found no run started there by rank 0; a dg command's other ranks "
+                "are started by Lightning once rank 0 has made its run directory"
+            )
+        meta = cls.read_meta(path)
+        difference = _first_difference(
+            _as_current(config, yaml.safe_load(config_file.read_text())), config.model_dump(mode="json")
+        )
+        if meta.get("command") != command or difference is not None:
+            raise ConfigError(f"{path}: rank {follower_rank()} was started with another command or config than rank 0")
+        return cls(path, command, resumed=True, follower=True)
 
     @staticmethod
     def read_meta(path: str | Path) -> dict[str, Any]:
@@ -151,7 +226,9 @@ class RunDir:
         _write_atomic(self.path / "run.json", json.dumps(meta, indent=2))
 
     def finish(self, status: str = "done") -> None:
-        """Mark the run finished (or ``failed``)."""
+        """Mark the run finished (or ``failed``); a follower leaves that to rank 0."""
+        if self.follower:
+            return
         meta = self.read_meta(self.path)
         meta.update({"status": status, "updated": _now()})
         if status == "done":
@@ -165,8 +242,10 @@ class RunDir:
         return bool(self.read_meta(self.path).get("status") == "done")
 
     def write_metrics(self, metrics: dict[str, Any]) -> Path:
-        """Write ``metrics.json`` (atomic)."""
+        """Write ``metrics.json`` (atomic; rank 0's only)."""
         file = self.path / "metrics.json"
+        if self.follower:
+            return file
         _write_atomic(file, json.dumps(metrics, indent=2, default=str))
         return file
 
@@ -176,8 +255,10 @@ class RunDir:
         return data
 
     def write_summary(self, text: str) -> Path:
-        """Write ``summary.md``."""
+        """Write ``summary.md`` (rank 0's only)."""
         file = self.path / "summary.md"
+        if self.follower:
+            return file
         _write_atomic(file, text.rstrip() + "\n")
         return file
 

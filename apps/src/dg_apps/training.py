@@ -14,8 +14,10 @@ curriculum and the replay buffer equal what an uninterrupted run had at that ste
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from dg_apps.config import TrainConfig
 from dg_apps.models import build_policy, load_expmodel, load_policy, read_data, save_policy
 from dg_apps.plots import learning_curve
-from dg_apps.rundir import RunDir
+from dg_apps.rundir import RunDir, follower_rank, rank_barrier
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
 from dg_core import ConfigError, EnvPool, Task, Trajectory
 
@@ -120,6 +122,8 @@ class SaveRunState(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
+        if not trainer.is_global_zero:  # rank 0 writes the run's buffer and pool; the others keep theirs private
+            return
         if self.buffer is not None:
             self.buffer.save()
         if self.curriculum is not None:
@@ -280,6 +284,10 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     tasks = task_panel(config.env, config.tasks)
     data = read_data(config.data)
     initial_dir = run.path / "policy-initial"
+    if run.follower:
+        rank_barrier()  # rank 0 has saved the initial policy (the other ranks load it: the same weights everywhere)
+        if not initial_dir.exists():
+            raise ConfigError(f"{initial_dir}: rank 0 has not saved the initial policy this rank starts from")
     if initial_dir.exists():
         policy = load_policy(initial_dir, seed=config.seed, policy_id=run.path.name, sampler=config.policy)
         if config.policy.lora:  # saved merged: the adapters the checkpoint holds go back on (their values come from it)
@@ -293,6 +301,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             shutil.rmtree(partial)
         save_policy(policy, config.policy, partial)
         os.replace(partial, initial_dir)
+    if not run.follower:
+        rank_barrier()
     algo = config.algorithm
     buffer: Any = None
     curriculum: Any = None
@@ -307,7 +317,11 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack
 
         replay_dir = run.path / "replay"
-        if replay_dir.exists() and not (run.path / "checkpoints" / "last.ckpt").exists():
+        if run.follower:  # a rank > 0 writes its synthetic transitions back into a copy of its own, never kept
+            private = Path(tempfile.mkdtemp(prefix=f"dg-replay-rank{follower_rank()}-"))
+            atexit.register(shutil.rmtree, private, ignore_errors=True)
+            replay_dir = private / "replay"  # copied from the experience model's buffer below
+        elif replay_dir.exists() and not (run.path / "checkpoints" / "last.ckpt").exists():
             shutil.rmtree(replay_dir)  # no checkpoint to resume from: the run starts over, from a fresh copy
         if not replay_dir.exists():
             _copy_replay(Path(config.expmodel), replay_dir)
@@ -410,7 +424,9 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         # and optimiser state only costs time); otherwise the final step is saved here.
         if run_state.saved_step != trainer.global_step or Path(checkpoints.last_model_path).resolve() != last.resolve():
             trainer.save_checkpoint(last, weights_only=False)
-        save_policy(_unsharded(policy, config, initial_dir), config.policy, run.path / "policy")
+        trained = _unsharded(policy, config, initial_dir)  # every rank takes part in gathering FSDP's shards
+        if not run.follower:
+            save_policy(trained, config.policy, run.path / "policy")
     except BaseException:
         # Keep what the last checkpoint needs: the buffer and pool as they were saved with it.
         if buffer is not None:
@@ -418,9 +434,9 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
         raise
     finally:
         env.close()
-    if buffer is not None:
+    if buffer is not None and not run.follower:
         buffer.save()
-    if curriculum is not None:
+    if curriculum is not None and not run.follower:
         curriculum.save(run.path / "curriculum.json")
     metrics: dict[str, Any] = {
         "where": config.where,
@@ -470,6 +486,8 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
             metrics["curriculum"]["generator_rejects"] = dict(generator.rejects)
     if buffer is not None:
         buffer.close()
+    if run.follower:
+        return metrics  # rank 0 writes the run's metrics, plots and summary
     learning_curve(run.csv_metrics(), run.path / "plots" / "learning_curve.png", title=f"dg train ({config.where})")
     run.write_metrics(metrics)
     run.write_summary(_summary(config, metrics, run))

@@ -238,9 +238,12 @@ def fit_experience_model(
     trainer.fit(
         module, train_dataloaders=train_batches, val_dataloaders=val_batches, ckpt_path=resumed, weights_only=True
     )
-    model_dir = save_hf_directory(module.model, tokenizer, output / "model")
+    model_dir = output / "model"
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_global_zero:  # under DDP every rank holds the same weights: rank 0 writes them
+        save_hf_directory(module.model, tokenizer, model_dir)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.strategy.barrier("dg-expmodel-saved")  # no rank returns before the model is on disk
     return FitResult(
         model_dir=model_dir,
         metrics=metrics,
