@@ -52,6 +52,7 @@ from dg_apps.config import (
     EvalConfig,
     ExpModelConfig,
     FitConfig,
+    PolicyFidelityConfig,
     TrainConfig,
     load_config,
 )
@@ -147,6 +148,7 @@ class Benchmark:
             open_loop_episodes=self.config.audit_open_loop,
             ablations=False,
             permutations=50,
+            policy_fidelity=PolicyFidelityConfig(max_steps=self.config.env.max_steps),
         )
         metrics = self.stage(
             f"audit-{variant}", "expmodel audit", audit, lambda c, r: run_audit(c, r, progress=self.progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -11,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dg_apps.config import AuditConfig, CollectConfig, FitConfig, S2RConfig, TrainConfig
+from dg_apps.config import (
+    AuditConfig,
+    CollectConfig,
+    EnvConfig,
+    FitConfig,
+    PolicyFidelityConfig,
+    S2RConfig,
+    TrainConfig,
+)
 from dg_apps.models import fit_expmodel, load_expmodel, load_policy, read_data
 from dg_apps.rundir import RunDir
 from dg_apps.tasks import env_factory, task_panel, tasks_digest
@@ -242,6 +251,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         raise ConfigError("held_out: no held-out real trajectories to audit on")
     if config.max_episodes:
         held_out = held_out[: config.max_episodes]
+    fidelity = policy_fidelity_setup(config.policy_fidelity, held_out)
     bundle = load_expmodel(config.expmodel, read_only=True)
     try:
         report = audit_experience_model(
@@ -255,6 +265,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
             output_dir=run.path,
             permutations=config.permutations,
             progress=progress,
+            policy_fidelity=fidelity,
         )
     finally:
         bundle.buffer.close()
@@ -274,6 +285,7 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         "simulator_scale": scale.as_dict(),
         "tolerance": verdict.as_dict(),
         "table": report.markdown(),
+        "policy_fidelity": report.policy_fidelity.as_dict() if report.policy_fidelity else None,
     }
     run.write_metrics(metrics)
     run.write_summary(
@@ -282,6 +294,45 @@ def run_audit(config: AuditConfig, run: RunDir, *, progress: bool = True) -> dic
         + f"\n\n{verdict.text}\n\nFull report: `audit.json`, plots beside it."
     )
     return metrics
+
+
+def _named_policy(name: str, epsilon: float, env: Any, seed: int) -> Any:
+    from dg_envs import named_policy
+
+    return named_policy(name, env, seed=seed, epsilon=epsilon)
+
+
+def _same_policy(policy: Any, env: Any, seed: int) -> Any:
+    return policy
+
+
+def policy_fidelity_setup(config: PolicyFidelityConfig, held_out: list[Any]) -> Any:
+    """What the audit needs for policy-level fidelity (``None`` when ``episodes`` is 0): the real env of the held-out
+    tasks, and each policy by name (a trained one is loaded here, before anything long starts)."""
+    from dg_envs import NAMED_POLICIES
+    from dg_expmodel import PolicyFidelitySetup
+
+    if config.episodes == 0:
+        return None
+    env_ids = sorted({trajectory.task.env_id for trajectory in held_out})
+    if len(env_ids) != 1:
+        raise ConfigError(f"held_out: policy fidelity plays one real env, but the held-out tasks are for {env_ids}")
+    makers: dict[str, Any] = {}
+    for name in config.policies:
+        if name in NAMED_POLICIES:
+            makers[name] = functools.partial(_named_policy, name, config.epsilon)
+            continue
+        try:
+            makers[name] = functools.partial(_same_policy, load_policy(name, seed=config.seed))
+        except ConfigError as error:
+            raise ConfigError(
+                f"policy_fidelity.policies: {name!r} is neither one of {', '.join(NAMED_POLICIES)} nor a trained "
+                f"policy that loads ({error})"
+            ) from error
+    environment = EnvConfig(name=env_ids[0], max_steps=config.max_steps, options=config.env_options)
+    return PolicyFidelitySetup(
+        real_env=env_factory(environment), policies=makers, episodes=config.episodes, seed=config.seed
+    )
 
 
 def s2r_real_phase(train: TrainConfig, policy: str | Path, *, real_steps: int, real_budget: int) -> TrainConfig:

@@ -32,6 +32,7 @@ __all__ = [
     "ExpModelConfig",
     "FitConfig",
     "PolicyConfig",
+    "PolicyFidelityConfig",
     "S2RConfig",
     "SyntheticConfig",
     "TrainConfig",
@@ -293,6 +294,26 @@ class FitConfig(Strict):
     seed: int = 0
 
 
+class PolicyFidelityConfig(Strict):
+    """Policy-level fidelity of ``dg expmodel audit``: the same policies played from the same tasks, seeds and
+    initial states in the real env and in the experience model's synthetic env."""
+
+    episodes: int = Field(default=16, ge=0)
+    """Episodes per policy in each env (0 skips it); episode ``i`` plays held-out task ``i mod N`` with seed
+    ``seed + i``."""
+    policies: list[str] = Field(default_factory=lambda: ["random", "expert", "noisy-expert"], min_length=1)
+    """``random``, ``expert``, ``noisy-expert``, or a trained policy: a policy directory (``dg train``'s
+    ``policy/``, or its run directory) or any model source ``dg eval`` takes."""
+    epsilon: float = Field(default=0.2, ge=0, le=1)
+    """Random-action probability of ``noisy-expert``."""
+    max_steps: int = Field(default=10, ge=1)
+    """Step limit of an episode in both envs (give the ``env.max_steps`` the held-out data was collected with)."""
+    env_options: dict[str, Any] = Field(default_factory=dict)
+    """Other keyword arguments of the real env's constructor (the env is the held-out tasks' ``env_id``)."""
+    seed: int = 0
+    """Seed of episode 0."""
+
+
 class AuditConfig(Strict):
     """``dg expmodel audit``: eps_R, eps_P, hallucination, open-loop typology, with ablations."""
 
@@ -305,6 +326,8 @@ class AuditConfig(Strict):
     permutations: int = Field(default=100, ge=10)
     ablations: bool = True
     """Also audit without retrieval, reasoning and history (the ablation table)."""
+    policy_fidelity: PolicyFidelityConfig = Field(default_factory=PolicyFidelityConfig)
+    """Policy-level fidelity (success, return, length in the real and the synthetic env, and their gaps)."""
 
 
 class TrainConfig(Strict):
@@ -520,6 +543,7 @@ def check_machine(config: BaseModel) -> None:
                     f"{key}.devices: {wanted} GPUs asked for, but this machine has {gpus}; set {key}.devices to at "
                     f"most {gpus} (or -1 for all of them)"
                 )
+            processes = gpus if wanted is None else wanted
         else:
             cores = os.cpu_count() or 1
             if wanted is not None and wanted > cores:
@@ -527,6 +551,12 @@ def check_machine(config: BaseModel) -> None:
                     f"{key}.devices: {wanted} CPU processes asked for, but this machine has {cores} cores; set "
                     f"{key}.devices to at most {cores}"
                 )
+            processes = 1 if wanted is None else wanted
+        if isinstance(config, DemoConfig) and processes > 1:
+            raise ConfigError(
+                f"{key}.devices: dg demo runs in one process ({processes} asked for, counting `auto` as every GPU); "
+                f"set {key}.devices=1 (dg train, dg s2r and dg expmodel fit train on several)"
+            )
 
 
 def _allowed_keys(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
@@ -543,7 +573,6 @@ def _explain(error: ValidationError, model: type[BaseModel], source: str) -> Con
     lines = []
     for item in error.errors():
         location = tuple(item["loc"])
-            processes = gpus if wanted is None else wanted
         key = ".".join(str(part) for part in location) or "(root)"
         if item["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, location)
@@ -551,12 +580,6 @@ def _explain(error: ValidationError, model: type[BaseModel], source: str) -> Con
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return ConfigError(f"{source}: invalid {model.__name__}:\n  " + "\n  ".join(lines))
-            processes = 1 if wanted is None else wanted
-        if isinstance(config, DemoConfig) and processes > 1:
-            raise ConfigError(
-                f"{key}.devices: dg demo runs in one process ({processes} asked for, counting `auto` as every GPU); "
-                f"set {key}.devices=1 (dg train, dg s2r and dg expmodel fit train on several)"
-            )
 
 
 def _non_finite(value: Any, key: str) -> Iterator[tuple[str, float]]:

@@ -30,6 +30,7 @@ from dg_apps.config import (
     DemoConfig,
     EvalConfig,
     FitConfig,
+    PolicyFidelityConfig,
     TrainConfig,
 )
 from dg_apps.evaluation import run_eval
@@ -164,6 +165,7 @@ def run_demo(
         open_loop_episodes=config.audit_open_loop,
         ablations=False,
         permutations=50,
+        policy_fidelity=PolicyFidelityConfig(max_steps=env.max_steps),
     )
     audit = run_stage(
         run, "05-expmodel-audit", "expmodel audit", audit_config, lambda c, r: run_audit(c, r, progress=progress), log

@@ -17,12 +17,21 @@ from typing import Any
 from dg_core import ConfigError, Env, Policy, RandomPolicy, Task, Trajectory, make_env, play_episode
 from dg_envs._expert import ExpertPolicy, NoisyExpertPolicy
 
-__all__ = ["Episode", "EpisodeRunner", "PolicySpec", "failed_trajectory", "worker_main"]
+__all__ = [
+    "NAMED_POLICIES",
+    "Episode",
+    "EpisodeRunner",
+    "PolicySpec",
+    "failed_trajectory",
+    "named_policy",
+    "worker_main",
+]
 
 PolicySpec = str | Policy | Callable[[Env], Policy]
 """``"expert"``, ``"random"``, ``"noisy-expert"``, a :class:`~dg_core.Policy`, or a function env -> Policy."""
 
 NAMED_POLICIES = ("expert", "random", "noisy-expert")
+"""The policies :func:`named_policy` makes by name."""
 
 
 class _PerEpisodeRandomPolicy(RandomPolicy):
@@ -31,6 +40,25 @@ class _PerEpisodeRandomPolicy(RandomPolicy):
     @property
     def policy_id(self) -> str:
         return "random"
+
+
+def named_policy(name: str, env: Any, *, seed: int = 0, epsilon: float = 0.2) -> Policy:
+    """The policy of one episode called ``name`` (one of :data:`NAMED_POLICIES`).
+
+    Args:
+        name: ``expert`` (the env's own expert), ``noisy-expert`` (the expert, with probability ``epsilon`` a
+            uniformly random available action) or ``random`` (uniform over the available actions).
+        env: What the expert reads its next action from (``expert_action()``); unused by ``random``.
+        seed: Seed of the policy's random choices (the episode's seed).
+        epsilon: Random-action probability of ``noisy-expert``.
+    """
+    if name == "expert":
+        return ExpertPolicy(env)
+    if name == "noisy-expert":
+        return NoisyExpertPolicy(env, epsilon=epsilon, seed=seed)
+    if name == "random":
+        return _PerEpisodeRandomPolicy(seed)
+    raise ConfigError(f"unknown policy {name!r}; named policies: {', '.join(NAMED_POLICIES)}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +135,8 @@ class EpisodeRunner:
         return made
 
     def _make_policy(self, env: Env, seed: int) -> Policy:
-        if self._policy == "expert":
-            return ExpertPolicy(env)  # type: ignore[arg-type]  # checked at runtime by ExpertPolicy
-        if self._policy == "noisy-expert":
-            return NoisyExpertPolicy(env, epsilon=self._epsilon, seed=seed)  # type: ignore[arg-type]
-        if self._policy == "random":
-            return _PerEpisodeRandomPolicy(seed)
+        if isinstance(self._policy, str):
+            return named_policy(self._policy, env, seed=seed, epsilon=self._epsilon)
         if isinstance(self._policy, Policy):
             return self._policy
         assert callable(self._policy)

@@ -22,7 +22,8 @@ from dg_expmodel._audit import (
 from dg_expmodel._audit_metrics import BinaryStats, TagStats
 from dg_expmodel._fields import fields_markdown
 from dg_expmodel._format import PromptOptions
-from dg_expmodel._synthetic import Retriever
+from dg_expmodel._policy_fidelity import PolicyFidelity, PolicyFidelitySetup, distinct_tasks, policy_fidelity
+from dg_expmodel._synthetic import BatchedSyntheticEnv, Retriever
 
 
 @dataclass
@@ -42,6 +43,8 @@ class AuditReport:
 
     rows: list[AuditRow] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    policy_fidelity: PolicyFidelity | None = None
+    """The same policies in the real and the synthetic env (full configuration), when asked for."""
 
     def row(self, name: str) -> AuditRow:
         """The row of ablation ``name``."""
@@ -51,8 +54,8 @@ class AuditReport:
         raise KeyError(f"no ablation {name!r} in this report; have {[r.ablation.name for r in self.rows]}")
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON report."""
-        return {
+        """The JSON report: one block per ablation, and ``policy_fidelity`` (``None`` when not measured)."""
+        report: dict[str, Any] = {
             row.ablation.name: {
                 "ablation": vars(row.ablation),
                 "applied": row.applied,
@@ -61,6 +64,8 @@ class AuditReport:
             }
             for row in self.rows
         }
+        report["policy_fidelity"] = self.policy_fidelity.as_dict() if self.policy_fidelity else None
+        return report
 
     def markdown(self) -> str:
         """The ablation table."""
@@ -87,6 +92,7 @@ class AuditReport:
         lines += ["", _simulator_line(self.rows[0])] if self.rows else []
         fields = fields_markdown([(row.ablation.name, row.teacher_forced.fields) for row in self.rows])
         lines += ["", fields] if fields else []
+        lines += ["", self.policy_fidelity.markdown()] if self.policy_fidelity else []
         return "\n".join(lines)
 
 
@@ -130,6 +136,7 @@ def audit_experience_model(
     output_dir: str | Path | None = None,
     permutations: int = 200,
     progress: bool = True,
+    policy_fidelity: PolicyFidelitySetup | None = None,
 ) -> AuditReport:
     """Audit ``model`` on held-out real trajectories under each ablation.
 
@@ -145,6 +152,8 @@ def audit_experience_model(
         output_dir: Where to write ``audit.json``, ``audit.md`` and plots (``None``: write nothing).
         permutations: Permutations of the MMD test.
         progress: Show progress bars.
+        policy_fidelity: Also play these policies in the real env and in the model's synthetic env (full
+            configuration) and compare them (:func:`~dg_expmodel.policy_fidelity`); ``None`` skips it.
     """
     options = options or PromptOptions()
     episodes = list(held_out)[: open_loop_episodes if open_loop_episodes is not None else len(held_out)]
@@ -180,9 +189,46 @@ def audit_experience_model(
         )
         bar.close()
         report.rows.append(AuditRow(ablation=ablation, teacher_forced=forced, open_loop=looped, applied=applied))
+    if policy_fidelity is not None:
+        report.policy_fidelity = _policy_fidelity(model, held_out, retriever, options, policy_fidelity, progress)
     if output_dir is not None:
         write_report(report, Path(output_dir))
     return report
+
+
+def _policy_fidelity(
+    model: ExperienceModel,
+    held_out: Sequence[Trajectory],
+    retriever: Retriever | None,
+    options: PromptOptions,
+    setup: PolicyFidelitySetup,
+    progress: bool,
+) -> PolicyFidelity:
+    """Policy-level fidelity in the synthetic env of ``model`` under the full configuration."""
+    probe = setup.real_env()
+    max_steps = probe.max_steps
+    probe.close()
+    synthetic = BatchedSyntheticEnv(
+        model_for(model, ABLATIONS[0], options)[0],
+        retriever=retriever,
+        top_k=options.max_retrieved if retriever is not None else 0,
+        history_window=options.history_window,
+        max_steps=max_steps,
+    )
+    try:
+        return policy_fidelity(
+            setup.real_env,
+            synthetic,
+            list(setup.tasks) if setup.tasks is not None else distinct_tasks(held_out),
+            setup.policies,
+            episodes=setup.episodes,
+            seed=setup.seed,
+            batch_size=setup.batch_size,
+            target=setup.target,
+            progress=progress,
+        )
+    finally:
+        synthetic.close()
 
 
 def write_report(report: AuditReport, directory: Path) -> dict[str, Path]:

@@ -1,0 +1,74 @@
+"""`dg expmodel audit`'s policy-level fidelity: random, expert and noisy-expert in the real scripted corridor and in
+the experience model's synthetic env, episode for episode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dg_apps.cli import main
+from dg_core import play_episode, read_trajectories
+from dg_core.testing import ScriptedEnv
+from dg_envs import named_policy
+from tests.conftest import dg
+
+NAMES = ("random", "expert", "noisy-expert")
+
+
+def test_audit_plays_the_policies_in_both_envs(workspace: Path, nearest_run: Path, random_data: Path) -> None:
+    out = workspace / "audit-policy-fidelity"
+    metrics = dg(
+        "expmodel", "audit", "--set", f"expmodel={nearest_run}", "--set", f"held_out=[{random_data}]",
+        "--set", "open_loop_episodes=0", "--set", "ablations=false", "--set", "policy_fidelity.episodes=6",
+        "--set", "policy_fidelity.max_steps=6", "--set", "policy_fidelity.epsilon=0.3",
+        "--output", str(out),
+    )  # fmt: skip
+    block = metrics["policy_fidelity"]
+    assert block == json.loads((out / "audit.json").read_text())["policy_fidelity"]
+    assert set(block["policies"]) == set(NAMES) and block["max_steps"] == 6 and block["success_gap_target"] == 0.05
+    # episode i plays the i-th distinct held-out task with seed i; the real side is the plain real episodes
+    tasks = list({t.task.id: t.task for t in read_trajectories(random_data)}.values())
+    env = ScriptedEnv(max_steps=6)
+    for name in NAMES:
+        entry = block["policies"][name]
+        assert [pair["task"] for pair in entry["pairs"]] == [tasks[i % len(tasks)].id for i in range(6)]
+        real = [
+            play_episode(env, named_policy(name, env, seed=i, epsilon=0.3), tasks[i % len(tasks)], seed=i)
+            for i in range(6)
+        ]
+        assert [pair["success"][0] for pair in entry["pairs"]] == [t.success for t in real]
+        assert [pair["length"][0] for pair in entry["pairs"]] == [t.num_steps for t in real]
+        synthetic = [pair["success"][1] for pair in entry["pairs"]]
+        success = entry["success"]
+        assert success["synthetic"]["mean"] == pytest.approx(sum(synthetic) / 6)
+        assert success["gap"]["mean"] == pytest.approx(success["real"]["mean"] - success["synthetic"]["mean"])
+        assert success["gap"]["n"] == 6 and success["gap"]["low"] <= success["gap"]["mean"] <= success["gap"]["high"]
+        assert entry["success_gap_within_target"] == (abs(success["gap"]["mean"]) <= 0.05)
+    assert block["policies"]["expert"]["success"]["real"]["mean"] == 1.0
+    summary = (out / "summary.md").read_text()
+    assert "Policy-level fidelity" in summary and "| expert | 6 |" in summary
+
+
+def test_audit_without_policy_fidelity(workspace: Path, nearest_run: Path, random_data: Path) -> None:
+    metrics = dg(
+        "expmodel", "audit", "--set", f"expmodel={nearest_run}", "--set", f"held_out=[{random_data}]",
+        "--set", "open_loop_episodes=0", "--set", "ablations=false", "--set", "policy_fidelity.episodes=0",
+        "--output", str(workspace / "audit-no-policy-fidelity"),
+    )  # fmt: skip
+    assert metrics["policy_fidelity"] is None and "Policy-level fidelity" not in metrics["table"]
+
+
+def test_an_unknown_policy_is_refused_before_the_audit(
+    tmp_path: Path, nearest_run: Path, random_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "expmodel", "audit", "--set", f"expmodel={nearest_run}", "--set", f"held_out=[{random_data}]",
+        "--set", "policy_fidelity.policies=[random, expret]", "--output", str(tmp_path / "audit"), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dg: error: policy_fidelity.policies: 'expret' is neither one of expert, random, noisy-expert" in err
+    assert "model 'expret' not found" in err and "Traceback" not in err
+    assert not (tmp_path / "audit" / "audit.json").exists()
