@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from dg_apps.cli import main
+from dg_apps.config import EnvConfig, PolicyConfig
+from dg_apps.models import build_policy, save_policy
+from dg_apps.tasks import task_panel
 from dg_core import play_episode, read_trajectories
 from dg_core.testing import ScriptedEnv
 from dg_envs import named_policy
@@ -72,3 +75,28 @@ def test_an_unknown_policy_is_refused_before_the_audit(
     assert "dg: error: policy_fidelity.policies: 'expret' is neither one of expert, random, noisy-expert" in err
     assert "model 'expret' not found" in err and "Traceback" not in err
     assert not (tmp_path / "audit" / "audit.json").exists()
+
+
+def test_a_trained_policy_plays_in_both_envs(
+    workspace: Path, nearest_run: Path, expert_data: Path, random_data: Path
+) -> None:
+    config = PolicyConfig(hidden_size=16, num_layers=1, num_heads=2, vocab_size=300)
+    env = EnvConfig(name="scripted", games=40, seed=3, settings={"rooms": 3}, max_steps=6)
+    policy = build_policy(config, trajectories=list(read_trajectories(expert_data)), tasks=task_panel(env, "train"))
+    folder = workspace / "policy-fidelity-lm" / "policy"
+    save_policy(policy, config, folder)
+    metrics = dg(
+        "expmodel", "audit", "--set", f"expmodel={nearest_run}", "--set", f"held_out=[{random_data}]",
+        "--set", "open_loop_episodes=0", "--set", "ablations=false", "--set", "policy_fidelity.episodes=4",
+        "--set", "policy_fidelity.max_steps=6", "--set", f"policy_fidelity.policies=[expert, {folder}]",
+        "--output", str(workspace / "audit-policy-fidelity-lm"),
+    )  # fmt: skip
+    block = metrics["policy_fidelity"]["policies"]
+    assert list(block) == ["expert", str(folder)]
+    trained = block[str(folder)]
+    assert trained["episodes"] == 4 and trained["policy_id"] != "expert"
+    lengths = [pair["length"] for pair in trained["pairs"]]
+    assert all(1 <= real <= 6 and 1 <= synthetic <= 6 for real, synthetic in lengths)
+    real_mean = sum(real for real, _ in lengths) / 4
+    assert trained["length"]["real"]["mean"] == pytest.approx(real_mean)
+    assert trained["length"]["gap"]["mean"] == pytest.approx(real_mean - sum(s for _, s in lengths) / 4)
