@@ -10,7 +10,7 @@ import pytest
 
 from dg_apps.cli import main
 from dg_apps.config import EnvConfig, PolicyConfig
-from dg_apps.models import build_policy, save_policy
+from dg_apps.models import build_policy, load_policy, save_policy
 from dg_apps.tasks import task_panel
 from dg_core import play_episode, read_trajectories
 from dg_core.testing import ScriptedEnv
@@ -100,3 +100,11 @@ def test_a_trained_policy_plays_in_both_envs(
     real_mean = sum(real for real, _ in lengths) / 4
     assert trained["length"]["real"]["mean"] == pytest.approx(real_mean)
     assert trained["length"]["gap"]["mean"] == pytest.approx(real_mean - sum(s for _, s in lengths) / 4)
+    # its sampling is reseeded with each episode's seed: the real side is the episodes played that way here
+    tasks = list({t.task.id: t.task for t in read_trajectories(random_data)}.values())
+    loaded, real_env = load_policy(str(folder)), ScriptedEnv(max_steps=6)
+    for i, pair in enumerate(trained["pairs"]):
+        loaded.generator.manual_seed(i)
+        episode = play_episode(real_env, loaded, tasks[i % len(tasks)], seed=i)
+        assert pair["task"] == tasks[i % len(tasks)].id
+        assert (pair["success"][0], pair["length"][0]) == (episode.success, episode.num_steps)

@@ -302,7 +302,12 @@ def _named_policy(name: str, epsilon: float, env: Any, seed: int) -> Any:
     return named_policy(name, env, seed=seed, epsilon=epsilon)
 
 
-def _same_policy(policy: Any, env: Any, seed: int) -> Any:
+def _reseeded_policy(policy: Any, env: Any, seed: int) -> Any:
+    """A trained policy for one episode: its sampling generator (dg-rl's ``LMPolicy.generator``) reseeded with the
+    episode seed, so that its draws pair across the two envs as the named policies' do."""
+    generator = getattr(policy, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
     return policy
 
 
@@ -323,7 +328,7 @@ def policy_fidelity_setup(config: PolicyFidelityConfig, held_out: list[Any]) -> 
             makers[name] = functools.partial(_named_policy, name, config.epsilon)
             continue
         try:
-            makers[name] = functools.partial(_same_policy, load_policy(name, seed=config.seed))
+            makers[name] = functools.partial(_reseeded_policy, load_policy(name, seed=config.seed))
         except ConfigError as error:
             raise ConfigError(
                 f"policy_fidelity.policies: {name!r} is neither one of {', '.join(NAMED_POLICIES)} nor a trained "
