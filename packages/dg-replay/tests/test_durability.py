@@ -256,6 +256,50 @@ def test_readers_in_other_processes_are_safe_while_one_writer_appends(tmp_path: 
         assert 35 <= report["last_total"] <= 35 + 120 * 25
 
 
+def test_a_reader_whose_index_is_replaced_while_it_opens_retries_the_new_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind a reader's FileNotFoundError under load: between reading the manifest and checksumming the
+    index it names, the writer saved again and deleted that index. The reader opens the new snapshot instead."""
+    import dg_replay._snapshot as snapshot
+
+    writer = saved_buffer(tmp_path / "b", count=20)
+    digest = snapshot.file_digest
+    calls: list[str] = []
+
+    def save_in_between(path: Path) -> str:
+        calls.append(path.name)
+        if len(calls) == 1:  # the writer's next save lands now: new index and manifest, the old index deleted
+            writer.add(make_steps(10, prefix="late"), "real", task=make_task())
+            writer.save()
+            assert not path.exists()
+        return digest(path)
+
+    monkeypatch.setattr(snapshot, "file_digest", save_in_between)
+    reader = ReplayBuffer.open(tmp_path / "b", read_only=True)
+    assert len(calls) >= 2 and calls[0] != calls[-1]  # retried on the index the new manifest names
+    assert reader.index is not None and len(reader.index) == 30  # the new snapshot, all 30 vectors
+    reader.close()
+    writer.close()
+
+
+def test_an_index_deleted_under_a_reader_without_a_new_snapshot_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dg_replay._snapshot as snapshot
+
+    saved_buffer(tmp_path / "b").close()
+    digest = snapshot.file_digest
+
+    def delete_first(path: Path) -> str:
+        path.unlink()
+        return digest(path)
+
+    monkeypatch.setattr(snapshot, "file_digest", delete_first)
+    with pytest.raises(ReplayFileError, match=r"index-\d+\.usearch: index file named by manifest\.json is missing"):
+        ReplayBuffer.open(tmp_path / "b", read_only=True)
+
+
 def test_open_can_override_the_saved_expansion_search(tmp_path: Path) -> None:
     buffer = saved_buffer(tmp_path / "b")
     assert buffer.index.expansion_search == 64  # the default the snapshot records

@@ -144,13 +144,14 @@ def read_manifest(directory: Path, *, verify: bool = True) -> SnapshotManifest:
     index_path = directory / manifest.index_file
     if index_path.resolve().parent != directory.resolve():
         raise ReplayFileError(index_path, f"index file named by {path.name} links to outside the snapshot folder")
-    if not index_path.is_file():
-        raise ReplayFileError(index_path, f"index file named by {path.name} is missing")
-    size = index_path.stat().st_size
-    if size != manifest.index_bytes:
-        raise ReplayFileError(index_path, f"index file has {size} bytes, {path.name} says {manifest.index_bytes}")
-    if verify and file_digest(index_path) != manifest.index_blake2b:
-        raise ReplayFileError(index_path, f"index file checksum does not match {path.name} (corrupted)")
+    try:  # a writer's next save deletes this index once its new manifest is in place: at any moment here
+        size = index_path.stat().st_size
+        if size != manifest.index_bytes:
+            raise ReplayFileError(index_path, f"index file has {size} bytes, {path.name} says {manifest.index_bytes}")
+        if verify and file_digest(index_path) != manifest.index_blake2b:
+            raise ReplayFileError(index_path, f"index file checksum does not match {path.name} (corrupted)")
+    except FileNotFoundError:
+        raise ReplayFileError(index_path, f"index file named by {path.name} is missing") from None
     return manifest
 
 
@@ -191,9 +192,14 @@ def open_snapshot(
                     f"not {encoder.name!r} (dim {encoder.dim})",
                 )
             path = folder / manifest.index_file
-            if read_only:
-                return manifest, USearchIndex.view(path, manifest.index_config)
-            return manifest, USearchIndex.load(path, manifest.index_config)
+            try:
+                if read_only:
+                    return manifest, USearchIndex.view(path, manifest.index_config)
+                return manifest, USearchIndex.load(path, manifest.index_config)
+            except (OSError, RuntimeError) as error:
+                if path.is_file():
+                    raise
+                raise ReplayFileError(path, f"index file named by {MANIFEST_NAME} is missing") from error
         except ReplayMismatchError:
             raise
         except ReplayFileError:
