@@ -55,6 +55,12 @@ def test_expmodel_audit_reports_eps(workspace: Path, expmodel_run: Path, random_
     assert 0.0 <= metrics["eps_R"] <= 1.0 and 0.0 <= metrics["eps_P"] <= 1.0
     assert 0.0 <= metrics["parse_failure_rate"] <= 1.0
     assert "| full |" in (out / "summary.md").read_text()
+    # Per-field next-state fidelity: the scripted env's states carry their available actions only.
+    fields = metrics["next_state_fields"]
+    assert fields["all"]["steps"] == fields["determined"]["steps"] + fields["revealing"]["steps"] > 0
+    assert fields["all"]["per_field"]["actions"]["steps"] == fields["all"]["steps"]
+    assert fields["all"]["per_field"]["room"]["steps"] == 0
+    assert "Targets on determined transitions (full): field F1 " in (out / "summary.md").read_text()
 
 
 def train_args(expmodel_run: Path, expert_data: Path, *extra: str) -> list[str]:
