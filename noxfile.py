@@ -194,6 +194,7 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         [*(f"packages/{name}" for name in PACKAGES if name != "dg-apps"), "apps"],
         "benchmarks/rl/choose_scoring.py",
     ),
+    "sampler": (["packages/dg-core", "packages/dg-models", "packages/dg-rl"], "benchmarks/rl/sampler.py"),
     "curriculum": (["packages/dg-core", "packages/dg-curriculum"], "benchmarks/curriculum/variance.py"),
     "curriculum-generator": (
         [

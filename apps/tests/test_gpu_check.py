@@ -118,6 +118,7 @@ def test_tiny_cpu_run_writes_every_phase(tmp_path: Path) -> None:
             assert 0 < generate["max_new_tokens"] <= plan["gen_tokens"] == generate["planned_new_tokens"]
             assert 0 < generate["tokens"] <= 64 * generate["max_new_tokens"]
             assert generate["seconds_per_step"] > 0 and generate["cpu_draw_s_per_step"] > 0
+            assert generate["device_draw_s_per_step"] > 0
         grpo = rows[("grpo", model, "bf16-mixed")]
         assert grpo["batch"] == plan["grpo_tasks"] * plan["grpo_group"]
         assert grpo["updates_measured"] == plan["grpo_steps"]

@@ -6,6 +6,9 @@ quality) it measures, each phase time-boxed and written out as soon as it finish
 - ``generate``: tokens/s of dg-rl's transformers sampler (``LMPolicy.decide`` in generate mode with its default
   ``TransformersSampler``) at batch 64, with bf16 weights and with fp32 weights (what a policy trained under
   ``bf16-mixed`` samples with: Lightning's autocast covers the training step, not the rollouts collected before it);
+  beside it, one token step's draw timed alone both ways: the CPU ``torch.multinomial`` the sampler used before
+  issue 19's fix (``cpu_draw_s_per_step``) and the inverse-CDF draw on the device it uses now
+  (``device_draw_s_per_step``);
 - ``grpo``: GRPO update tokens/s through ``GRPOModule`` + ``RolloutDataModule`` under a Lightning ``Trainer``
   (``bf16-mixed`` on CUDA): prompt + completion tokens of the batch per second of ``training_step`` (scoring,
   reference scoring, backward, AdamW), beside the rollout collection's own generation tokens/s;
@@ -81,6 +84,7 @@ from dg_rl import (
     packed_rows,
     train_bpe_tokenizer,
 )
+from dg_rl._scoring import draw_tokens  # the sampler's per-step draw, timed alone
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GEN_BATCH = 64
@@ -404,6 +408,7 @@ def phase_generate(ctx: Context, shape: Shape, dtype: torch.dtype, deadline: flo
         "tokens_per_s": new_tokens / seconds,
         "seconds_per_step": seconds / budget,
         "cpu_draw_s_per_step": cpu_draw_seconds(int(model.config.vocab_size)),
+        "device_draw_s_per_step": device_draw_seconds(int(model.config.vocab_size), device),
         "prompt_tokens_mean": sum(len(d.prompt_ids) for d in decisions) / len(decisions),
         "max_new_tokens": budget,
         "planned_new_tokens": plan.gen_tokens,
@@ -414,14 +419,31 @@ def phase_generate(ctx: Context, shape: Shape, dtype: torch.dtype, deadline: flo
 
 
 def cpu_draw_seconds(vocab: int, repeats: int = 3) -> float:
-    """Seconds of one token step's draw as dg-rl's transformers sampler makes it today: ``torch.multinomial`` over
-    the full vocabulary of all 64 rows, on the CPU with a seeded generator (for reading ``seconds_per_step``)."""
+    """Seconds of one token step's draw as dg-rl's transformers sampler made it before issue 19's fix:
+    ``torch.multinomial`` over the full vocabulary of all 64 rows, on the CPU with a seeded generator (the step
+    also moved the 64 x vocab matrix there, not timed here). For reading ``seconds_per_step`` beside
+    ``device_draw_s_per_step``, the draw it makes now."""
     generator = torch.Generator().manual_seed(0)
     probabilities = torch.softmax(torch.randn(GEN_BATCH, vocab, generator=generator), dim=-1)
     torch.multinomial(probabilities, 1, generator=generator)
     started = time.perf_counter()
     for _ in range(repeats):
         torch.multinomial(probabilities, 1, generator=generator)
+    return (time.perf_counter() - started) / repeats
+
+
+def device_draw_seconds(vocab: int, device: Device, repeats: int = 10) -> float:
+    """Seconds of one token step's draw as the sampler makes it now (``dg_rl._scoring.draw_tokens``: 64 uniforms
+    from a seeded CPU generator, inverse CDF over the full vocabulary on the device), synchronised, from the
+    float32 log-softmax matrix on the device."""
+    generator = torch.Generator().manual_seed(0)
+    log_dist = torch.log_softmax(torch.randn(GEN_BATCH, vocab, generator=generator), dim=-1).to(device.torch)
+    draw_tokens(log_dist, generator)
+    device.sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        draw_tokens(log_dist, generator)
+    device.sync()
     return (time.perf_counter() - started) / repeats
 
 
@@ -656,6 +678,7 @@ def markdown(data: dict[str, Any]) -> str:
                 "max_new_tokens",
                 "seconds_per_step",
                 "cpu_draw_s_per_step",
+                "device_draw_s_per_step",
                 "rollout_generation_tokens_per_s",
                 "rollout_seconds_per_batch",
                 "seconds_per_update",

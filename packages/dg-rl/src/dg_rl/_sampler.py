@@ -140,10 +140,10 @@ class RolloutSampler(ABC):
 class TransformersSampler(RolloutSampler):
     """Samples with the live training module in this process (transformers forward passes with a KV cache).
 
-    Sampling is token by token from the full softmax, drawn on the CPU from the given generator
-    (:func:`~dg_rl.sample_completions`); choose-mode scores share each prompt's KV cache among its candidates
-    (:func:`~dg_rl.score_candidates`). ``sync_weights`` only binds the module: the sampler reads the weights
-    being trained, so every update is seen at once.
+    Sampling is token by token from the full softmax, drawn on the model's device with one uniform per row from
+    the given CPU generator (:func:`~dg_rl.sample_completions`); choose-mode scores share each prompt's KV cache
+    among its candidates (:func:`~dg_rl.score_candidates`). ``sync_weights`` only binds the module: the sampler
+    reads the weights being trained, so every update is seen at once.
 
     Args:
         model: The causal LM being trained (it may be wrapped by peft).

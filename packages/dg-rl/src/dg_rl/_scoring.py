@@ -19,6 +19,7 @@ from torch import Tensor, nn
 __all__ = [
     "CompletionScores",
     "PackedRows",
+    "draw_tokens",
     "pack_rows",
     "place_rows",
     "prompt_chunks",
@@ -416,6 +417,45 @@ def reduce_scores(logprobs: Tensor, lengths: Tensor, reduction: str) -> Tensor:
     return total / lengths.clamp(min=1).to(total.dtype)
 
 
+def draw_tokens(log_dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row of ``log_dist`` (``[rows, vocab]`` log-probabilities), drawn on ``log_dist``'s device.
+
+    Inverse-CDF sampling: ``rows`` uniforms in ``[0, 1)`` come from ``generator`` (a CPU generator, or torch's
+    global one when ``None``) and only they cross to the device; there each row's probabilities are summed up in
+    float64 and the uniform, scaled by the row's total, is looked up with ``searchsorted``. The same generator
+    state gives the same ids on the same device (CPU or accelerator), and a token of probability zero is never
+    drawn (its cumulative sum equals its predecessor's, so no uniform falls in its interval). This replaces a
+    ``torch.multinomial`` on the CPU, which moved the whole ``rows x vocab`` matrix to the host every step.
+
+    Raises:
+        ValueError: A row whose probabilities do not sum to a positive finite number (NaN / inf logits).
+    """
+    if log_dist.dim() != 2:
+        raise ValueError(f"draw_tokens: log_dist must be [rows, vocab], got shape {tuple(log_dist.shape)}")
+    uniforms = torch.rand((log_dist.shape[0],), generator=generator, dtype=torch.float64)
+    return _inverse_cdf(log_dist, uniforms)
+
+
+def _inverse_cdf(log_dist: Tensor, uniforms: Tensor) -> Tensor:
+    """The id of each row of ``log_dist`` whose cumulative-probability interval holds ``uniforms[row]`` in
+    ``[0, 1)`` (scaled by the row's total): :func:`draw_tokens` given its uniforms."""
+    vocab = log_dist.shape[1]
+    cumulative = log_dist.exp().cumsum(dim=-1, dtype=torch.float64)
+    total = cumulative[:, -1:]
+    bad = ~(torch.isfinite(total) & (total > 0)).squeeze(1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"draw_tokens: rows {bad.nonzero().flatten().tolist()} have no finite positive probability mass "
+            "(non-finite logits?)"
+        )
+    # Strictly below the total, so the last interval of positive probability is the highest one reachable even
+    # when ``u * total`` rounds up to ``total``.
+    below_total = torch.nextafter(total, torch.zeros_like(total))
+    target = torch.minimum(uniforms.to(log_dist.device, torch.float64).unsqueeze(1) * total, below_total)
+    chosen = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+    return chosen.clamp_(max=vocab - 1)
+
+
 @torch.no_grad()
 def sample_completions(
     model: nn.Module,
@@ -431,7 +471,8 @@ def sample_completions(
     """Sample completions token by token with a KV cache, from the full softmax (no top-k / top-p).
 
     Each row stops at ``eos_id`` or any of ``stop_token_ids`` (kept as its last token), or after its own
-    ``max_new_tokens``.
+    ``max_new_tokens``. Every step draws with :func:`draw_tokens` on the model's device (one uniform per row
+    from ``generator``), and the model is asked for the logits of the last position only (``logits_to_keep=1``).
 
     Returns:
         The sampled ids of each row and the log-probability of each sampled token.
@@ -455,20 +496,24 @@ def sample_completions(
     past = None
     step_ids, step_positions = ids, positions
     for step in range(int(limits.max().item()) if rows else 0):
+        # Logits at the last position only: the prefill's full head (rows x prompt width x vocabulary) is the
+        # largest tensor of the loop and only its last position is read (later steps feed one token anyway).
         outputs = model(
             input_ids=step_ids,
             attention_mask=attention,
             position_ids=step_positions,
+            logits_to_keep=1,
             **_with_cache(past),
         )
         past = _cache_of(outputs)
         log_dist = torch.log_softmax(outputs.logits[:, -1].float() / temperature, dim=-1)
-        # Sampled on the CPU so one seeded CPU generator serves every device.
-        chosen = torch.multinomial(log_dist.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
+        chosen = draw_tokens(log_dist, generator)
         chosen_logprob = log_dist.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        # One copy to the host per step (not one per row).
+        step_tokens, step_logprobs = chosen.tolist(), chosen_logprob.tolist()
         for row in torch.nonzero(running).flatten().tolist():
-            tokens[row].append(int(chosen[row]))
-            logprobs[row].append(float(chosen_logprob[row]))
+            tokens[row].append(step_tokens[row])
+            logprobs[row].append(step_logprobs[row])
         running = running & ~torch.isin(chosen, stops) & (limits > step + 1)
         if not bool(running.any()):
             break
