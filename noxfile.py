@@ -227,6 +227,17 @@ BENCH_SUITES: dict[str, tuple[list[str], str]] = {
         ],
         "benchmarks/expmodel/textworld_fidelity.py",
     ),
+    # `nox -s bench -- expmodel-levers [--variant NAME]`: issue 17's levers before / after on the same audit.
+    "expmodel-levers": (
+        [
+            "packages/dg-core",
+            "packages/dg-models",
+            "packages/dg-replay",
+            "packages/dg-envs[textworld]",
+            "packages/dg-expmodel[train,audit]",
+        ],
+        "benchmarks/expmodel/levers.py",
+    ),
     "annotator": (
         [
             "packages/dg-core",
