@@ -70,6 +70,7 @@ from dg_expmodel._format import (
 )
 from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
 from dg_expmodel._nearest import NearestExperienceModel
+from dg_expmodel._outcome_head import OutcomeHead, OutcomeHeadModel
 from dg_expmodel._parse import (
     BINARY_REWARDS,
     DEFAULT_REWARD_RANGE,
@@ -185,6 +186,8 @@ __all__ = [
     "NearestExperienceModel",
     "OpenAICompatibleBackend",
     "OpenLoop",
+    "OutcomeHead",
+    "OutcomeHeadModel",
     "ParseResult",
     "PerturbationStats",
     "PerturbedEnv",
