@@ -83,7 +83,8 @@ class OutcomeHead:
         state = np.asarray(self.encoder.encode(list(states)), dtype=np.float64)
         keys = np.concatenate([action, state], axis=1)
         norms = np.linalg.norm(keys, axis=1, keepdims=True)
-        return keys / np.maximum(norms, 1e-12)
+        unit: NDArray[np.float64] = keys / np.maximum(norms, 1e-12)
+        return unit
 
     def vote(self, queries: Sequence[ExperienceQuery]) -> list[tuple[float, bool, float]]:
         """``(reward, done, support)`` per query: the winning outcome and its share of the neighbours' similarity."""
