@@ -16,6 +16,8 @@ machine, and every lever changes one thing against it:
   2 retrieved); tiny model 2 layers x 128 (word-level tokenizer of 2048), 2 epochs;
 - ``more-data``: per train game 1 expert + 4 random + 4 noisy-expert episodes (about 2.3 times the transitions),
   1 epoch (about 1.15 times the baseline's example passes);
+- ``more-data-2-epochs``: more-data's episodes, 2 epochs (about ``more-epochs``' example passes: data against
+  epochs at equal compute);
 - ``bigger``: 4 layers (textworld_fidelity.py's depth), same data and epochs;
 - ``more-epochs``: 4 epochs, same data and model;
 - ``short-responses``: the model is trained and asked without reasoning (an empty reasoning field: the response
@@ -121,6 +123,12 @@ VARIANTS = {
             episodes_per_task=5,
             noisy_per_task=4,
             epochs=1,
+        ),
+        Variant(
+            "more-data-2-epochs",
+            "more-data's episodes, 2 epochs (about more-epochs' example passes)",
+            episodes_per_task=5,
+            noisy_per_task=4,
         ),
         Variant("bigger", "4 layers (textworld_fidelity.py's depth) instead of 2, same data and epochs", num_layers=4),
         Variant("more-epochs", "4 epochs instead of 2, same data and model", epochs=4),
