@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from dg_apps.commands import run_audit, run_fit
-from dg_apps.config import AuditConfig, DemoConfig, ExpModelConfig, FitConfig, load_config
+from dg_apps.config import AuditConfig, DemoConfig, ExpModelConfig, FitConfig, PolicyFidelityConfig, load_config
 from dg_apps.demo import collect_data, run_stage
 from dg_apps.models import load_expmodel, read_data
 from dg_apps.rundir import RunDir
@@ -356,6 +356,13 @@ def main() -> None:
     parser.add_argument(
         "--smollm2-learning-rate", type=float, default=SMOLLM2_LEARNING_RATE, help="SmolLM2 LoRA learning rate"
     )
+    parser.add_argument(
+        "--policy-episodes",
+        type=int,
+        default=0,
+        help="policy-level fidelity episodes per policy in the audit (default 0: off; SmolLM2 generating every "
+        "synthetic step costs about a minute per batched step here)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsamples and of both fits")
     parser.add_argument("--quick", action="store_true", help="smoke size: ~30 transitions, 3 held-out episodes")
     parser.add_argument("--output", type=Path, default=Path("runs") / "bench-expmodel-pretrained")
@@ -387,7 +394,7 @@ def main() -> None:
     held_all = read_data([held_out_file])
     picked = sorted(random.Random(args.seed).sample(range(len(held_all)), min(held_out_count, len(held_all))))
     held_out = [held_all[index] for index in picked]
-    held_tag = f"h{len(held_out)}-o{open_loop}-s{args.seed}"
+    held_tag = f"h{len(held_out)}-o{open_loop}-pf{args.policy_episodes}-s{args.seed}"
     held_file = write_subset(output / "data" / f"held-out-{held_tag}.jsonl", held_out)
     log(
         f"training subset: {len(subset)} episodes, {sum(t.num_steps for t in subset)} transitions; "
@@ -421,6 +428,7 @@ def main() -> None:
             open_loop_episodes=open_loop,
             ablations=False,
             permutations=50,
+            policy_fidelity=PolicyFidelityConfig(episodes=args.policy_episodes, max_steps=config.env.max_steps),
         )
         audit_name = f"audit-{name}-{tag}-{held_tag}"
         run_stage(
