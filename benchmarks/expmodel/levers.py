@@ -23,7 +23,11 @@ machine, and every lever changes one thing against it:
 - ``short-responses``: the model is trained and asked without reasoning (an empty reasoning field: the response
   is the next state, its actions, reward and done), same data, model and epochs;
 - ``nearest``: dg-expmodel's non-parametric NearestExperienceModel over the baseline buffer (no fit): the
-  reference every learned model must beat.
+  reference every learned model must beat;
+- ``outcome-head``: the baseline's fitted model (reused from ``runs/expmodel-levers/baseline`` when it is there,
+  fitted again otherwise) with a separate reward / done head, dg-expmodel's ``OutcomeHead`` (the outcome of the
+  nearest real train transition, keyed by action and by instruction with state): the next states stay the model's;
+- ``nearest+outcome-head``: ``nearest`` with the same head.
 
     python benchmarks/expmodel/levers.py                      # every variant whose result is missing
     python benchmarks/expmodel/levers.py --variant baseline   # one (again: delete its result.json first)
@@ -57,6 +61,8 @@ from dg_expmodel import (
     ABLATIONS,
     LLMExperienceModel,
     NearestExperienceModel,
+    OutcomeHead,
+    OutcomeHeadModel,
     PolicyFidelitySetup,
     PromptOptions,
     ReplayRetriever,
@@ -111,6 +117,10 @@ class Variant:
     epochs: int = 2
     reasoning: bool = True
     """Whether the response starts with the annotator's reasoning (False: an empty reasoning field, shorter)."""
+    outcome_head: bool = False
+    """Rewards and done flags from dg-expmodel's OutcomeHead over the train transitions (next states: the model's)."""
+    fit_from: str | None = None
+    """Reuse this variant's fitted model when its checkpoint directory holds one (same settings)."""
 
 
 VARIANTS = {
@@ -140,6 +150,18 @@ VARIANTS = {
         Variant(
             "nearest", "no network: the identical retrieved real transition, else the failure state", model="nearest"
         ),
+        Variant(
+            "outcome-head",
+            "baseline's model with a separate reward / done head (OutcomeHead: the nearest real transition's outcome)",
+            outcome_head=True,
+            fit_from="baseline",
+        ),
+        Variant(
+            "nearest+outcome-head",
+            "nearest with the separate reward / done head (OutcomeHead)",
+            model="nearest",
+            outcome_head=True,
+        ),
     )
 }
 
@@ -150,6 +172,11 @@ class _CountingNearest(NearestExperienceModel):
 
     def with_options(self, options: PromptOptions) -> NearestExperienceModel:
         return self if options == self.options else NearestExperienceModel(options)
+
+
+def _fitted(variant: str) -> Path:
+    """Where ``variant``'s fitted Hugging Face model lands (fit_experience_model's ``model/``)."""
+    return ROOT / "runs" / "expmodel-levers" / variant / "expmodel" / "model"
 
 
 def _policy_maker(name: str, env: Any, seed: int) -> Any:
@@ -179,6 +206,20 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
     if variant.model == "nearest":
         model = _CountingNearest(options)
         size = "no parameters"
+    elif variant.fit_from and (_fitted(variant.fit_from) / "config.json").is_file():
+        reused = VARIANTS[variant.fit_from]
+        model = LLMExperienceModel(
+            TransformersBackend.from_pretrained(_fitted(variant.fit_from), batch_size=16),
+            options=options,
+            sampling=Sampling(max_new_tokens=320),
+            retries=1,
+        )
+        parameters = sum(p.numel() for p in model.backend.model.parameters())
+        size = (
+            f"{parameters / 1e6:.2f}M parameters ({reused.num_layers} layers x {reused.hidden_size}, "
+            f"{reused.epochs} epochs, 1 fit seed: {variant.fit_from}'s fitted model, reused)"
+        )
+        print(f"[{variant.name}] reusing {variant.fit_from}'s fitted model: {size}")
     else:
         mark = time.perf_counter()
         fit, parameters = fit_tiny(
@@ -203,6 +244,9 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
         print(f"[{variant.name}] fitted {size} in {seconds['fit']:.0f}s: {fit.metrics}")
         backend = TransformersBackend.from_pretrained(fit.model_dir, batch_size=16)
         model = LLMExperienceModel(backend, options=options, sampling=Sampling(max_new_tokens=320), retries=1)
+    if variant.outcome_head:
+        model = OutcomeHeadModel(model, OutcomeHead.from_trajectories(train, HashingEncoder(dim=384)))
+        size += "; + OutcomeHead (k=1, action weight 0.5)"
 
     mark = time.perf_counter()
     report = audit_experience_model(
@@ -248,8 +292,8 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
         "parse_failure_rate": forced.parse_failure_rate,
         "policy_fidelity": report.policy_fidelity.as_dict(),
         "nearest": (
-            {"matched": model.matched, "fallbacks": model.fallbacks}
-            if isinstance(model, NearestExperienceModel)
+            {"matched": base.matched, "fallbacks": base.fallbacks}
+            if isinstance(base := getattr(model, "model", model), NearestExperienceModel)
             else None
         ),
         "seconds": seconds,
