@@ -179,6 +179,12 @@ def _fitted(variant: str) -> Path:
     return ROOT / "runs" / "expmodel-levers" / variant / "expmodel" / "model"
 
 
+def _llm_model(model_dir: Path, options: PromptOptions) -> LLMExperienceModel:
+    """A fitted model behind the transformers backend, sampled as every learned variant is (320 new tokens, 1 retry)."""
+    backend = TransformersBackend.from_pretrained(model_dir, batch_size=16)
+    return LLMExperienceModel(backend, options=options, sampling=Sampling(max_new_tokens=320), retries=1)
+
+
 def _policy_maker(name: str, env: Any, seed: int) -> Any:
     return named_policy(name, env, seed=seed, epsilon=EPSILON)
 
@@ -208,12 +214,7 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
         size = "no parameters"
     elif variant.fit_from and (_fitted(variant.fit_from) / "config.json").is_file():
         reused = VARIANTS[variant.fit_from]
-        model = LLMExperienceModel(
-            TransformersBackend.from_pretrained(_fitted(variant.fit_from), batch_size=16),
-            options=options,
-            sampling=Sampling(max_new_tokens=320),
-            retries=1,
-        )
+        model = _llm_model(_fitted(variant.fit_from), options)
         parameters = sum(p.numel() for p in model.backend.model.parameters())
         size = (
             f"{parameters / 1e6:.2f}M parameters ({reused.num_layers} layers x {reused.hidden_size}, "
@@ -224,7 +225,7 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
         mark = time.perf_counter()
         fit, parameters = fit_tiny(
             examples,
-            ROOT / "runs" / "expmodel-levers" / variant.name / "expmodel",
+            _fitted(variant.name).parent,
             hidden_size=variant.hidden_size,
             num_layers=variant.num_layers,
             num_heads=variant.num_heads,
@@ -242,8 +243,7 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
             f"{variant.epochs} epochs, 1 fit seed)"
         )
         print(f"[{variant.name}] fitted {size} in {seconds['fit']:.0f}s: {fit.metrics}")
-        backend = TransformersBackend.from_pretrained(fit.model_dir, batch_size=16)
-        model = LLMExperienceModel(backend, options=options, sampling=Sampling(max_new_tokens=320), retries=1)
+        model = _llm_model(fit.model_dir, options)
     if variant.outcome_head:
         model = OutcomeHeadModel(model, OutcomeHead.from_trajectories(train, HashingEncoder(dim=384)))
         size += "; + OutcomeHead (k=1, action weight 0.5)"
