@@ -366,7 +366,11 @@ def fit_expmodel(
     if config.model == NEAREST:  # non-parametric: the seeded buffer is the whole model
         stats = buffer.stats()
         buffer.close()
-        nearest: dict[str, Any] = {"kind": NEAREST, "options": options.model_dump(mode="json")}
+        nearest: dict[str, Any] = {
+            "kind": NEAREST,
+            "options": options.model_dump(mode="json"),
+            "outcome_head": _outcome_head(config),
+        }
         (output / EXPMODEL_META).write_text(json.dumps(nearest, indent=2))
         return {
             "kind": NEAREST,
@@ -464,8 +468,14 @@ def _write_expmodel(config: ExpModelConfig, fitted: Path, output: Path, options:
         "base_url": config.base_url,
         "served_model": config.served_model,
         "vllm": config.vllm,
+        "outcome_head": _outcome_head(config),
     }
     (output / EXPMODEL_META).write_text(json.dumps(settings, indent=2))
+
+
+def _outcome_head(config: ExpModelConfig) -> dict[str, Any] | None:
+    """``expmodel.json``'s ``outcome_head``: dg-expmodel's ``load_experience_run`` wraps the model in the head."""
+    return config.outcome_head.model_dump(mode="json") if config.outcome_head is not None else None
 
 
 def load_expmodel(

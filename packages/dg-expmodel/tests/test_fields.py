@@ -126,8 +126,13 @@ def test_a_determined_and_a_revealing_step_score_as_constructed() -> None:
     assert revealing.exact_match == 1.0 and revealing.field_f1 == 1.0
     assert fidelity.all.exact_match == 0.5 and fidelity.all.field_f1 == pytest.approx((step_f1 + 1) / 2)
     assert fidelity.targets_met is False
+    # Examining the lamp changes no field: the determined step is an unchanged one.
+    assert (fidelity.determined_unchanged.steps, fidelity.determined_changed.steps) == (1, 0)
+    assert fidelity.determined_unchanged.field_f1 == pytest.approx(step_f1)
+    assert fidelity.determined_changed.exact_match is None and fidelity.determined_changed.field_f1 is None
     saved = fidelity.as_dict()
     assert saved["determined"]["steps"] == 1 and saved["targets_on_determined"] == FIELD_TARGETS
+    assert saved["determined_unchanged"]["steps"] == 1 and saved["determined_changed"]["steps"] == 0
     json.dumps(saved)  # the report's JSON takes it as it is
 
 
@@ -136,6 +141,14 @@ def test_history_retrieval_and_known_words_make_a_transition_determined() -> Non
     # The kitchen was described in the history, or a retrieved example (of another task) shows it.
     assert transition_class(query("go north", history=(visit,)), KITCHEN) == "determined"
     assert transition_class(query("go north", retrieved=(step(BEDROOM, "go north", KITCHEN),)), KITCHEN) == "determined"
+    # Going back north is determined and changes the room: repeating the bedroom is wrong there, the kitchen exact.
+    north = query("go north", history=(visit,))
+    for guess, exact in ((BEDROOM, 0.0), (KITCHEN, 1.0)):
+        fidelity = FieldFidelity.of(
+            [north], [ExperiencePrediction(next_state=guess)], [step(BEDROOM, "go north", KITCHEN)]
+        )
+        assert (fidelity.determined_changed.steps, fidelity.determined_unchanged.steps) == (1, 0)
+        assert fidelity.determined_changed.exact_match == exact
     # Taking the lamp: the lamp moves to the inventory and "drop lamp" appears. Every word of "drop lamp" has to
     # be in the context: "lamp" is, "drop" only once some context step shows it.
     carrying = State(
@@ -209,6 +222,12 @@ def test_real_textworld_steps_with_exact_or_no_grounding(textworld_episodes: lis
     assert alone.all.exact_match == pytest.approx(sum(unchanged) / len(real))
     assert alone.determined.steps + alone.revealing.steps == len(real)
     assert alone.revealing.steps > 0 and alone.determined.steps > 0
+    # Repeating the state is exact on every unchanged determined step and on no changed one.
+    changed, unchanged = alone.determined_changed, alone.determined_unchanged
+    assert changed.steps + unchanged.steps == alone.determined.steps
+    assert changed.steps > 0 and unchanged.steps > 0
+    assert unchanged.exact_match == 1.0 and unchanged.field_f1 == 1.0
+    assert changed.exact_match == 0.0 and changed.field_f1 is not None and changed.field_f1 < 1.0
     for s in real:  # the real engine's answers to look / examine change no field: always determined
         if s.action.text == "look" or s.action.text.startswith("examine "):
             context = ExperienceQuery(task=textworld_episodes[0].task, state=s.state, action=s.action)
@@ -243,7 +262,14 @@ def test_the_audit_report_carries_the_fields(textworld_episodes: list[Trajectory
         assert fields == row.teacher_forced.fields.as_dict()
     markdown = (tmp_path / "audit.md").read_text().splitlines()
     start = markdown.index("| ablation | transitions | room | visible | inventory | actions | all fields |")
-    assert len([line for line in markdown[start + 2 :] if line.startswith("|")]) == 2 * len(report.rows)
+    table = [line for line in markdown[start + 2 :] if line.startswith("|")]
+    assert len(table) == 4 * len(report.rows)
+    assert [line.split(" | ")[1].split(" (")[0] for line in table[:4]] == [
+        "determined",
+        "determined, changed",
+        "determined, unchanged",
+        "revealing",
+    ]
     full = report.row("full").teacher_forced.fields
     assert full.determined.field_f1 is not None and full.determined.exact_match is not None
     assert markdown[-1] == (

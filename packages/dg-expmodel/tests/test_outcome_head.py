@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from dg_core import Action, ConfigError, ExperienceQuery, State, Step, Task
-from dg_expmodel import NearestExperienceModel, OutcomeHead, OutcomeHeadModel, PromptOptions, ReplayRetriever
+from dg_core import Action, ConfigError, ExperienceQuery, Source, State, Step, Task
+from dg_expmodel import (
+    NearestExperienceModel,
+    OutcomeHead,
+    OutcomeHeadModel,
+    PromptOptions,
+    ReplayRetriever,
+    load_experience_run,
+)
 from dg_replay import HashingEncoder, ReplayBuffer
 from tests.conftest import collect
 
@@ -98,3 +108,60 @@ def test_bad_settings_are_refused() -> None:
         OutcomeHead([step], HashingEncoder(64), action_weight=-1)
     with pytest.raises(ConfigError, match="2 instructions for 1 transitions"):
         OutcomeHead([step], HashingEncoder(64), instructions=["a", "b"])
+
+
+def test_a_head_over_a_replay_buffer_reads_its_real_transitions_only() -> None:
+    real = collect(40)
+    encoder = HashingEncoder(dim=384)
+    buffer = ReplayBuffer.create(encoder=encoder)
+    buffer.add_trajectories(real)
+    # Synthetic transitions that contradict the real ones: every step of these episodes claims a win.
+    lies = [
+        t.model_copy(
+            update={
+                "steps": [
+                    s.model_copy(update={"reward": 1.0, "done": True, "source": Source.SYNTHETIC}) for s in t.steps
+                ],
+                "source": Source.SYNTHETIC,
+            }
+        )
+        for t in collect(20, offset=100)
+    ]
+    buffer.add_trajectories(lies)
+    held_out = collect(20, offset=100)
+    queries = [ExperienceQuery(task=t.task, state=s.state, action=s.action) for t in held_out for s in t.steps]
+    from_buffer = OutcomeHead.from_buffer(buffer, k=1, action_weight=0.5)
+    from_episodes = OutcomeHead.from_trajectories(real, encoder, k=1, action_weight=0.5)
+    assert len(from_buffer.outcomes) == sum(t.num_steps for t in real)
+    assert from_buffer.vote(queries) == from_episodes.vote(queries)
+    with pytest.raises(ConfigError, match="holds no real transitions"):
+        OutcomeHead.from_buffer(ReplayBuffer.create(encoder=encoder))
+
+
+def test_a_run_directory_that_names_a_head_loads_with_it(tmp_path: Path) -> None:
+    """``outcome_head`` in a run's expmodel.json (what ``dg expmodel fit`` writes for expmodel.outcome_head) wraps
+    the loaded model; the head answers from the run's real transitions."""
+    run = tmp_path / "run"
+    buffer = ReplayBuffer.create(run / "replay", encoder=HashingEncoder(dim=384))
+    buffer.add_trajectories(collect(40))
+    buffer.save()
+    buffer.close()
+    settings = {"kind": "nearest", "options": PromptOptions(max_retrieved=2).model_dump(mode="json")}
+    (run / "expmodel.json").write_text(json.dumps(settings))
+    plain = load_experience_run(run, read_only=True)
+    assert isinstance(plain.model, NearestExperienceModel)
+    plain.buffer.close()
+
+    (run / "expmodel.json").write_text(json.dumps({**settings, "outcome_head": {"k": 1, "action_weight": 0.5}}))
+    loaded = load_experience_run(run, read_only=True)
+    assert isinstance(loaded.model, OutcomeHeadModel) and loaded.model.head.k == 1
+    held_out = collect(20, offset=100)
+    queries = [ExperienceQuery(task=t.task, state=s.state, action=s.action) for t in held_out for s in t.steps]
+    predicted = [p.reward > 0 and p.done for p in loaded.model.predict(queries)]
+    assert predicted == [s.reward > 0 and s.done for t in held_out for s in t.steps]  # every win, none invented
+    assert sum(predicted) == 12
+    loaded.buffer.close()
+
+    (run / "expmodel.json").write_text(json.dumps({**settings, "outcome_head": {"neighbours": 3}}))
+    with pytest.raises(ConfigError, match="outcome_head must be null or a mapping with k and action_weight"):
+        load_experience_run(run, read_only=True)

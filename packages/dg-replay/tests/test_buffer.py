@@ -136,3 +136,22 @@ def test_remove_after_cuts_back_to_a_recorded_key(tmp_path: Path) -> None:
     assert reopened.remove_after(cut) == 2 and len(reopened) == 8
     assert reopened.remove_after(reopened.last_key) == 0
     reopened.close()
+
+
+def test_transitions_are_read_back_in_order_with_their_tasks(tmp_path: Path) -> None:
+    buffer = ReplayBuffer.create(tmp_path / "replay", encoder=HashingEncoder(32))
+    buffer.add(make_steps(5), "real", task=make_task("a"))
+    buffer.add(make_steps(3, source=Source.SYNTHETIC, prefix="syn"), "synthetic", task=make_task("b", split="test"))
+    buffer.add(make_steps(2, prefix="late"), "real", task=make_task("c", env_id="alfworld"))
+    buffer.remove([2])
+    every = list(buffer.transitions(batch_size=2))  # batches smaller than the buffer
+    assert [t.key for t in every] == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [t.step.state.text for t in every[:2]] == [make_steps(5)[0].state.text, make_steps(5)[2].state.text]
+    real = list(buffer.transitions({"source": "real"}))
+    assert [(t.env_id, t.task_id) for t in real] == [("scripted", "a")] * 4 + [("alfworld", "c")] * 2
+    task = buffer.task("alfworld", "c")
+    assert task is not None and task == make_task("c", env_id="alfworld")
+    assert buffer.task("scripted", "c") is None and buffer.task("scripted", "nowhere") is None
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(buffer.transitions(batch_size=0))
+    buffer.close()

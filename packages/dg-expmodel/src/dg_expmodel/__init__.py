@@ -43,6 +43,7 @@ from dg_expmodel._backends import (
     VLLMBackend,
 )
 from dg_expmodel._fields import (
+    DETERMINED_SPLITS,
     FIELD_TARGETS,
     NEXT_STATE_FIELDS,
     TRANSITION_CLASSES,
@@ -140,6 +141,7 @@ __all__ = [
     "CAUSAL_CONNECTIVES",
     "COPY_SHARE",
     "DEFAULT_REWARD_RANGE",
+    "DETERMINED_SPLITS",
     "EMPTY_REASONING",
     "FAILURE_TYPES",
     "FIELD_TARGETS",

@@ -23,6 +23,11 @@ action and next state), and **revealing** otherwise:
 - an available action is found when a context state lists it or a context step took it, or when every one of its
   words occurs in that same context text (``drop pillow`` once ``pillow`` is in view and ``drop`` appears in some
   action shown: a command of the game's grammar about known things).
+
+Determined transitions are split once more: **changed** where some field of the real next state differs from the
+same field of the current state (a move, a take, a drop, an opened container), **unchanged** otherwise (look,
+examine, an action that fails). A model that repeats the current state is exact on every unchanged step and wrong
+on every changed one, so the changed steps are where a model shows that it simulates rather than copies.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ NEXT_STATE_FIELDS = ("room", "visible", "inventory", "actions")
 
 TRANSITION_CLASSES = ("determined", "revealing")
 """Whether the real next state holds only what the query showed the model (determined) or something new."""
+
+DETERMINED_SPLITS = ("changed", "unchanged")
+"""Determined transitions whose real next state changes some field of the current state, and those changing none."""
 
 FIELD_TARGETS = {"field_f1": 0.95, "exact_match": 0.8}
 """Issue 17's targets for determined transitions: mean field F1 and all-fields exact match."""
@@ -145,6 +153,8 @@ class StepFields:
     """``"determined"`` or ``"revealing"``."""
     revealed: tuple[str, ...]
     """The fields that make the transition revealing (empty when determined)."""
+    changed: bool
+    """Whether some field the real next state carries differs from that field of the current state."""
     f1: dict[str, float]
     """Field -> set F1 of predicted vs real items (0 for a missing field or a parse failure)."""
     exact: dict[str, bool]
@@ -163,8 +173,12 @@ class StepFields:
                 continue
             f1[name] = set_f1(guess, reference) if guess is not None else 0.0
             exact[name] = guess == reference
+        current = state_fields(query.state, env_id)
+        changed = any(current[name] != actual[name] for name in f1)
         revealed = revealed_fields(query, real.next_state)
-        return cls(transition="revealing" if revealed else "determined", revealed=revealed, f1=f1, exact=exact)
+        return cls(
+            transition="revealing" if revealed else "determined", revealed=revealed, changed=changed, f1=f1, exact=exact
+        )
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -225,6 +239,10 @@ class FieldFidelity:
     all: FieldScores
     determined: FieldScores
     revealing: FieldScores
+    determined_changed: FieldScores
+    """The determined steps that change some field of the current state (:data:`DETERMINED_SPLITS`)."""
+    determined_unchanged: FieldScores
+    """The determined steps that change none (repeating the current state is exact on them)."""
     revealed_by: dict[str, int]
     """Revealing steps by field that reveals something (a step counts under each such field)."""
 
@@ -243,10 +261,13 @@ class FieldFidelity:
             )
         steps = [StepFields.of(q, p, r) for q, p, r in zip(queries, predictions, real, strict=True)]
         by_field = Counter(name for s in steps for name in s.revealed)
+        determined = [s for s in steps if s.transition == "determined"]
         return cls(
             all=FieldScores.of(steps),
-            determined=FieldScores.of([s for s in steps if s.transition == "determined"]),
+            determined=FieldScores.of(determined),
             revealing=FieldScores.of([s for s in steps if s.transition == "revealing"]),
+            determined_changed=FieldScores.of([s for s in determined if s.changed]),
+            determined_unchanged=FieldScores.of([s for s in determined if not s.changed]),
             revealed_by={name: by_field[name] for name in NEXT_STATE_FIELDS if by_field[name]},
         )
 
@@ -264,6 +285,8 @@ class FieldFidelity:
             "all": self.all.as_dict(),
             "determined": self.determined.as_dict(),
             "revealing": self.revealing.as_dict(),
+            "determined_changed": self.determined_changed.as_dict(),
+            "determined_unchanged": self.determined_unchanged.as_dict(),
             "revealed_by": self.revealed_by,
             "targets_on_determined": dict(FIELD_TARGETS),
             "targets_met": self.targets_met,
@@ -280,17 +303,20 @@ def fields_markdown(rows: Sequence[tuple[str, FieldFidelity]]) -> str:
         return ""
     lines = [
         "Next-state fields, exact match / F1 (determined: every room, object, carried item and action of the real "
-        "next state is named in the model's context; revealing: something new):",
+        "next state is named in the model's context; revealing: something new; a determined step is changed where "
+        "some field differs from the current state's, unchanged where repeating the state is exact):",
         "",
         "| ablation | transitions | " + " | ".join(NEXT_STATE_FIELDS) + " | all fields |",
         "| --- " * (len(NEXT_STATE_FIELDS) + 3) + "|",
     ]
+    kinds = [(kind, kind) for kind in TRANSITION_CLASSES]
+    kinds[1:1] = [(f"determined_{split}", f"determined, {split}") for split in DETERMINED_SPLITS]
     for name, fidelity in rows:
-        for kind in TRANSITION_CLASSES:
-            scores: FieldScores = getattr(fidelity, kind)
+        for attribute, label in kinds:
+            scores: FieldScores = getattr(fidelity, attribute)
             cells = [_cell(scores.per_field[f]["exact_match"], scores.per_field[f]["f1"]) for f in NEXT_STATE_FIELDS]
             whole = _cell(scores.exact_match, scores.field_f1)
-            lines.append(f"| {name} | {kind} ({scores.steps}) | " + " | ".join(cells) + f" | {whole} |")
+            lines.append(f"| {name} | {label} ({scores.steps}) | " + " | ".join(cells) + f" | {whole} |")
     name, first = rows[0]
     scores = first.determined
     reached = {None: "no determined step to judge", True: "met", False: "not met"}[first.targets_met]

@@ -78,6 +78,27 @@ class OutcomeHead:
         instructions = [trajectory.task.instruction for trajectory in trajectories for _ in trajectory.steps]
         return cls(steps, encoder, instructions=instructions, **options)
 
+    @classmethod
+    def from_buffer(cls, buffer: Any, **options: Any) -> OutcomeHead:
+        """The head over a dg-replay buffer's real transitions, encoded with the buffer's own encoder.
+
+        Synthetic transitions are never read (a head that learned from the model's own outcomes would confirm
+        them); each step's instruction is its stored task's.
+        """
+        steps: list[Step] = []
+        instructions: list[str] = []
+        tasks: dict[tuple[str, str], str] = {}
+        for stored in buffer.transitions({"source": "real"}):
+            where = (stored.env_id, stored.task_id)
+            if where not in tasks:
+                task = buffer.task(*where)
+                tasks[where] = task.instruction if task is not None else ""
+            steps.append(stored.step)
+            instructions.append(tasks[where])
+        if not steps:
+            raise ConfigError("OutcomeHead: the replay buffer holds no real transitions to answer from")
+        return cls(steps, buffer.encoder, instructions=instructions, **options)
+
     def _keys(self, states: Sequence[str], actions: Sequence[str]) -> NDArray[np.float64]:
         action = np.asarray(self.encoder.encode(list(actions)), dtype=np.float64) * self.action_weight
         state = np.asarray(self.encoder.encode(list(states)), dtype=np.float64)

@@ -2,7 +2,9 @@
 
 A run directory (written by ``dg expmodel fit`` or ``python -m dg_expmodel fit``) holds ``model/`` (a Hugging
 Face directory), ``replay/`` (the dg-replay buffer seeded with the real trajectories) and ``expmodel.json``
-(prompt options and inference settings). dg-expmodel registers :func:`synthetic_env` in dg-core's env registry
+(prompt options and inference settings; an ``outcome_head`` entry, ``{"k": 1, "action_weight": 0.5}``, puts a
+separate reward / done head over the model: :class:`~dg_expmodel.OutcomeHeadModel`, built from the buffer's real
+transitions when the run is loaded). dg-expmodel registers :func:`synthetic_env` in dg-core's env registry
 as ``synthetic`` (entry point group ``dg.envs``), so a trainer that knows only env names, such as
 ``python -m dg_rl fit``, trains in it: ``make_env("synthetic", run="runs/expmodel", replay="runs/x/replay")``.
 """
@@ -23,6 +25,7 @@ from dg_expmodel._deps import models_module
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._model import LLMExperienceModel
 from dg_expmodel._nearest import NearestExperienceModel
+from dg_expmodel._outcome_head import OutcomeHead, OutcomeHeadModel
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
 from dg_expmodel._synthetic import BatchedSyntheticEnv, IrreversibleMode
 
@@ -104,6 +107,14 @@ def load_experience_run(
         generation = backend(settings, run / "model") if backend else _backend(settings, run / "model", batch_size)
         model = LLMExperienceModel(generation, options=options, sampling=sampling, retries=int(settings["retries"]))
     buffer = ReplayBuffer.open(replay or run / "replay", read_only=read_only)
+    head = settings.get("outcome_head")
+    if head is not None:
+        if not isinstance(head, dict) or set(head) - {"k", "action_weight"}:
+            buffer.close()
+            raise ConfigError(
+                f"{settings_file}: outcome_head must be null or a mapping with k and action_weight, got {head!r}"
+            )
+        model = OutcomeHeadModel(model, OutcomeHead.from_buffer(buffer, **head))
     return ExperienceRun(model=model, buffer=buffer, options=options, settings=settings)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -370,6 +370,18 @@ class ReplayBuffer:
         key_list = [int(key) for key in keys]
         rows = self.storage.get(key_list)
         return [rows[key] for key in key_list if key in rows]
+
+    def transitions(self, filters: Filters = None, *, batch_size: int = 1024) -> Iterator[StoredTransition]:
+        """Every stored transition passing ``filters``, in insertion (key) order, read ``batch_size`` rows at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        keys = [int(key) for key in self.storage.keys(as_filter(filters))]
+        for start in range(0, len(keys), batch_size):
+            yield from self.get(keys[start : start + batch_size])
+
+    def task(self, env_id: str, task_id: str) -> Task | None:
+        """The task stored with the transitions of ``(env_id, task_id)`` (its latest version), or ``None``."""
+        return self.storage.task(env_id, task_id)
 
     def __len__(self) -> int:
         return self.storage.count()
