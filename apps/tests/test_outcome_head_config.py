@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dg_apps.cli import main
-from tests.conftest import SCRIPTED_ENV, dg
+from tests.conftest import SCRIPTED_ENV, TINY_EXPMODEL, dg
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,41 @@ def test_bad_head_settings_are_refused(tmp_path: Path, expert_data: Path, capsys
         err = capsys.readouterr().err
         assert "dg: error:" in err and message in err and "Traceback" not in err
     assert not (tmp_path / "fit" / "expmodel.json").exists()
+
+
+def test_exact_first_copies_what_the_buffer_holds(
+    workspace: Path, expmodel_run: Path, expert_data: Path, random_data: Path
+) -> None:
+    """The fixtures' tiny LLM experience model never parses; exact-match first, the random episodes (which seeded the
+    buffer, so every step of theirs is held) are answered from the buffer, all of them exactly."""
+    fit = workspace / "expmodel-exact-first"
+    dg(
+        "expmodel", "fit", *TINY_EXPMODEL, "--set", "expmodel.exact_first=true",
+        "--set", f"data=[{expert_data}, {random_data}]", "--output", str(fit),
+    )  # fmt: skip
+    assert json.loads((fit / "expmodel.json").read_text())["exact_first"] is True
+    audits = {}
+    for name, run in (("plain", expmodel_run), ("exact-first", fit)):
+        audits[name] = dg(
+            "expmodel", "audit", "--set", f"expmodel={run}", "--set", f"held_out=[{random_data}]",
+            "--set", "max_episodes=4", "--set", "open_loop_episodes=0", "--set", "ablations=false",
+            "--set", "policy_fidelity.episodes=0", "--output", str(workspace / f"audit-exact-first-{name}"),
+        )  # fmt: skip
+    plain, first = audits["plain"], audits["exact-first"]
+    # The failure state (the state repeated) is right only where nothing changes.
+    assert plain["parse_failure_rate"] == 1.0 and plain["next_state_exact_match"] < 0.2
+    assert (first["parse_failure_rate"], first["next_state_exact_match"], first["eps_R"]) == (0.0, 1.0, 0.0)
+
+
+def test_exact_first_is_refused_where_it_means_nothing(
+    tmp_path: Path, expert_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra, message in (
+        (["--set", "expmodel.model=nearest"], "the nearest model answers exact matches already"),
+        (["--set", "expmodel.top_k=0"], "needs retrieved transitions to match"),
+    ):
+        argv = ["expmodel", "fit", "--set", "expmodel.exact_first=true", *extra,
+                "--set", f"data=[{expert_data}]", "--output", str(tmp_path / "fit"), "--no-progress"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "dg: error:" in err and message in err and "Traceback" not in err

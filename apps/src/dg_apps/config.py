@@ -265,6 +265,10 @@ class ExpModelConfig(Strict):
     """``openai`` backend: the model name on the server."""
     vllm: dict[str, Any] = Field(default_factory=dict)
     """``vllm`` backend: engine arguments (``tensor_parallel_size``, ``gpu_memory_utilization``...)."""
+    exact_first: bool = False
+    """Retrieval that puts exact matches first: a step whose identical real transition (same state text and action)
+    is among the ``top_k`` retrieved gets that transition's outcome, copied; only the others are generated
+    (dg-expmodel's ``ExactFirstModel``). For a learned model (``nearest`` answers this way already)."""
     outcome_head: OutcomeHeadConfig | None = None
     """A separate reward / done head over the model (``{}`` for its defaults; ``null``: the model writes its own
     rewards and done flags). Built from the replay buffer's real transitions when the model is loaded, for the
@@ -277,6 +281,14 @@ class ExpModelConfig(Strict):
         if source is not None and source.strip() in ("", "tiny"):
             raise ValueError("the LLM annotator needs a pretrained model (smollm2, a .gguf file, a model directory)")
         return source
+
+    @model_validator(mode="after")
+    def _exact_first_needs_a_learned_model(self) -> ExpModelConfig:
+        if self.exact_first and self.model == "nearest":
+            raise ValueError("exact_first: the nearest model answers exact matches already (set it for a learned one)")
+        if self.exact_first and self.top_k == 0:
+            raise ValueError("exact_first: needs retrieved transitions to match (top_k is 0)")
+        return self
 
     @property
     def annotator_source(self) -> str:

@@ -469,6 +469,7 @@ def _write_expmodel(config: ExpModelConfig, fitted: Path, output: Path, options:
         "served_model": config.served_model,
         "vllm": config.vllm,
         "outcome_head": _outcome_head(config),
+        "exact_first": config.exact_first,
     }
     (output / EXPMODEL_META).write_text(json.dumps(settings, indent=2))
 

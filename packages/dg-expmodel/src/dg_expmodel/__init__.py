@@ -70,7 +70,7 @@ from dg_expmodel._format import (
     target_of,
 )
 from dg_expmodel._model import ExperienceModelStats, LLMExperienceModel
-from dg_expmodel._nearest import NearestExperienceModel
+from dg_expmodel._nearest import ExactFirstModel, NearestExperienceModel, exact_match
 from dg_expmodel._outcome_head import OutcomeHead, OutcomeHeadModel
 from dg_expmodel._parse import (
     BINARY_REWARDS,
@@ -171,6 +171,7 @@ __all__ = [
     "BinaryStats",
     "Completion",
     "EpisodeOutcomes",
+    "ExactFirstModel",
     "ExperienceModelSFT",
     "ExperienceModelStats",
     "ExperienceRun",
@@ -224,6 +225,7 @@ __all__ = [
     "copies_outcome",
     "copy_replay",
     "drop_object",
+    "exact_match",
     "examples_from_trajectories",
     "failure_prediction",
     "fit_experience_model",

@@ -2,11 +2,13 @@
 
 A run directory (written by ``dg expmodel fit`` or ``python -m dg_expmodel fit``) holds ``model/`` (a Hugging
 Face directory), ``replay/`` (the dg-replay buffer seeded with the real trajectories) and ``expmodel.json``
-(prompt options and inference settings; an ``outcome_head`` entry, ``{"k": 1, "action_weight": 0.5}``, puts a
-separate reward / done head over the model: :class:`~dg_expmodel.OutcomeHeadModel`, built from the buffer's real
-transitions when the run is loaded). dg-expmodel registers :func:`synthetic_env` in dg-core's env registry
-as ``synthetic`` (entry point group ``dg.envs``), so a trainer that knows only env names, such as
-``python -m dg_rl fit``, trains in it: ``make_env("synthetic", run="runs/expmodel", replay="runs/x/replay")``.
+(prompt options and inference settings). Two optional settings wrap the loaded model: ``outcome_head``
+(``{"k": 1, "action_weight": 0.5}``: a separate reward / done head, :class:`~dg_expmodel.OutcomeHeadModel`, built
+from the buffer's real transitions) and ``exact_first`` (``true``: a query whose identical real transition was
+retrieved gets that transition's outcome, :class:`~dg_expmodel.ExactFirstModel`). dg-expmodel registers
+:func:`synthetic_env` in dg-core's env registry as ``synthetic`` (entry point group ``dg.envs``), so a trainer
+that knows only env names, such as ``python -m dg_rl fit``, trains in it:
+``make_env("synthetic", run="runs/expmodel", replay="runs/x/replay")``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dg_expmodel._backends import OpenAICompatibleBackend, Sampling, Transformer
 from dg_expmodel._deps import models_module
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._model import LLMExperienceModel
-from dg_expmodel._nearest import NearestExperienceModel
+from dg_expmodel._nearest import ExactFirstModel, NearestExperienceModel
 from dg_expmodel._outcome_head import OutcomeHead, OutcomeHeadModel
 from dg_expmodel._replay import ReplayRetriever, ReplayWriteBack
 from dg_expmodel._synthetic import BatchedSyntheticEnv, IrreversibleMode
@@ -115,6 +117,8 @@ def load_experience_run(
                 f"{settings_file}: outcome_head must be null or a mapping with k and action_weight, got {head!r}"
             )
         model = OutcomeHeadModel(model, OutcomeHead.from_buffer(buffer, **head))
+    if settings.get("exact_first"):  # outermost: an exact match is copied, outcome included
+        model = ExactFirstModel(model)
     return ExperienceRun(model=model, buffer=buffer, options=options, settings=settings)
 
 
