@@ -221,6 +221,22 @@ def run_variant(variant: Variant, directory: Path) -> dict[str, Any]:
             f"{reused.epochs} epochs, 1 fit seed: {variant.fit_from}'s fitted model, reused)"
         )
         print(f"[{variant.name}] reusing {variant.fit_from}'s fitted model: {size}")
+    elif (_fitted(variant.name) / "config.json").is_file() and (
+        _fitted(variant.name).parent / "metrics.json"
+    ).is_file():
+        # Its own fit finished in an earlier invocation (whose audit did not): audit that model, do not fit again.
+        model = _llm_model(_fitted(variant.name), options)
+        parameters = sum(p.numel() for p in model.backend.model.parameters())
+        fit_record = {
+            "metrics": json.loads((_fitted(variant.name).parent / "metrics.json").read_text()),
+            "parameters": parameters,
+            "reused": "fitted by an earlier invocation of this benchmark",
+        }
+        size = (
+            f"{parameters / 1e6:.2f}M parameters ({variant.num_layers} layers x {variant.hidden_size}, "
+            f"{variant.epochs} epochs, 1 fit seed; fitted by an earlier invocation)"
+        )
+        print(f"[{variant.name}] reusing its own fitted model: {size}")
     else:
         mark = time.perf_counter()
         fit, parameters = fit_tiny(

@@ -51,6 +51,7 @@ from dg_apps.config import (
     EvalConfig,
     ExpModelConfig,
     FitConfig,
+    PolicyFidelityConfig,
     Strict,
     SyntheticConfig,
     TrainConfig,
@@ -88,6 +89,9 @@ class ToleranceConfig(DemoConfig):
     models: list[LearnedModel] = Field(default_factory=list)
     audit_episodes: int = Field(default=24, ge=1)
     """Training-task episodes each model is audited on (its place on the map)."""
+    audit_policy_episodes: int = Field(default=0, ge=0)
+    """Policy-level fidelity episode pairs per policy (random, expert, noisy-expert) in each model's training-task
+    audit (0: none; the held-out audit never plays them)."""
     publish: bool = True
     """Copy the map into dg_apps/data/tolerance/ (what `dg expmodel audit` reads); off for the smoke size."""
 
@@ -180,6 +184,10 @@ class Benchmark:
                 open_loop_episodes=self.config.audit_open_loop,
                 ablations=False,
                 permutations=50,
+                policy_fidelity=PolicyFidelityConfig(
+                    episodes=self.config.audit_policy_episodes if label == "train" else 0,
+                    max_steps=self.config.env.max_steps,
+                ),
             )
             audits.append(
                 self.stage(
@@ -288,6 +296,10 @@ def _audit_numbers(audit: dict[str, Any]) -> dict[str, Any]:
         "reward_eligible": scale["reward_eligible"],
         "parse_failure_rate": audit["parse_failure_rate"],
         "exact_match": audit["next_state_exact_match"],
+        "success": audit.get("success"),  # precision / recall of winning steps (audits written before: none)
+        "policy_success": {
+            name: entry["success"] for name, entry in (audit.get("policy_fidelity") or {}).get("policies", {}).items()
+        },
     }
 
 
@@ -603,6 +615,7 @@ def _models_markdown(summary: dict[str, Any]) -> list[str]:
         "real success | per seed | vs initial (paired, 95% CI) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    fidelity = []
     for name, model in models.items():
         kinds = ", ".join(f"{k} {v}" for k, v in model["transition_errors"].items()) or "none"
         cell = model.get("verdict_cell")
@@ -614,6 +627,25 @@ def _models_markdown(summary: dict[str, Any]) -> list[str]:
             f"{model['simulator_success']:.3f} | {_fmt(model['mean'], model['std'])} | "
             f"{' / '.join(f'{v:.2f}' for v in model['per_seed'])} | {_interval(model['vs_initial'])} |"
         )
+        success, policies = model.get("success"), model.get("policy_success") or {}
+        if success or policies:
+            played = "; ".join(
+                f"{policy} {p['real']['mean']:.2f} / {p['synthetic']['mean']:.2f}" for policy, p in policies.items()
+            )
+            recall = (
+                "-" if not success else f"{success['precision']:.2f} / {success['recall']:.2f} ({success['positives']})"
+            )
+            fidelity.append(f"| {name} | {recall} | {played or '-'} |")
+    if fidelity:
+        lines += [
+            "",
+            "Training-task audit, outcomes and policies: precision / recall of winning steps (positives), and each "
+            "policy's success rate real / synthetic over the same tasks, seeds and initial states:",
+            "",
+            "| model | success precision / recall (positives) | policy success real / synthetic |",
+            "| --- | --- | --- |",
+            *fidelity,
+        ]
     ranks = summary.get("rank_agreement") or {}
     if ranks:
 
