@@ -14,7 +14,16 @@ from dg_core import (
     Trajectory,
 )
 from dg_core.testing import EnvConformance, ScriptedEnv, ScriptedExperienceModel, scripted_task
-from dg_expmodel import BatchedSyntheticEnv, ReplayRetriever, ReplayWriteBack, SyntheticEnv, with_initial_state
+from dg_expmodel import (
+    NO_ACTIONS,
+    BatchedSyntheticEnv,
+    OutcomeHead,
+    OutcomeHeadModel,
+    ReplayRetriever,
+    ReplayWriteBack,
+    SyntheticEnv,
+    with_initial_state,
+)
 from dg_replay import HashingEncoder, ReplayBuffer
 from tests.conftest import collect
 
@@ -174,3 +183,37 @@ def test_missing_initial_state_and_bad_settings() -> None:
     wrong = SyntheticEnv(ScriptedExperienceModel(), env_ids=["alfworld"])
     with pytest.raises(ConfigError, match="serves \\['alfworld'\\]"):
         wrong.reset(grounded_tasks(1)[0])
+
+
+def test_a_state_that_goes_on_without_actions_is_refused() -> None:
+    """A model's terminal-looking state (no action left) is fine when it ends the episode; when the episode goes on
+    (the model said so, or an outcome head overrode the model's done), no agent could act there: the failure
+    state, counted as a parse failure and never written back."""
+    dead_end = State(text="The world goes dark.", available_actions=())
+
+    def answer(done: bool) -> ScriptedExperienceModel:
+        return ScriptedExperienceModel(lambda q: ExperiencePrediction(next_state=dead_end, reward=0.0, done=done))
+
+    tasks = grounded_tasks(2)
+    ending = BatchedSyntheticEnv(answer(done=True), max_steps=3)
+    ending.reset(tasks)
+    ending.step([s.available_actions[0] for s in ending.states])  # type: ignore[index]
+    assert ending.all_done and ending.parse_failures == 0
+
+    for model in (
+        answer(done=False),
+        # The head votes "not done" for a first step of these games; the wrapped model says the episode ended.
+        OutcomeHeadModel(answer(done=True), OutcomeHead.from_trajectories(REAL, HashingEncoder(dim=256))),
+    ):
+        buffer = real_buffer(REAL[:4])
+        write_back = ReplayWriteBack(buffer)
+        env = BatchedSyntheticEnv(model, write_back=write_back, max_steps=3)
+        env.reset(tasks)
+        before = list(env.states)
+        env.step([s.available_actions[0] for s in before])  # type: ignore[index]
+        assert not any(env.dones) and env.parse_failures == 2
+        assert env.states == before  # the failure state: nothing changed, every action still there
+        steps = [t.steps[0] for t in env.trajectories()]
+        assert all(s.info["parse_ok"] is False for s in steps)
+        assert all(str(s.info["failure"]).startswith(NO_ACTIONS) for s in steps)
+        assert env.placeholders_withheld == 2

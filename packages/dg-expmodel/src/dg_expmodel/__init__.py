@@ -117,6 +117,7 @@ from dg_expmodel._sft import SFTExample, examples_from_trajectories, tokenize_ex
 from dg_expmodel._synthetic import (
     INITIAL_STATE_KEY,
     IRREVERSIBLE_MODES,
+    NO_ACTIONS,
     BatchedSyntheticEnv,
     IrreversibleMode,
     IrreversibleStats,
@@ -150,6 +151,7 @@ __all__ = [
     "INITIAL_STATE_KEY",
     "IRREVERSIBLE_MODES",
     "NEXT_STATE_FIELDS",
+    "NO_ACTIONS",
     "OPTIONAL_TAGS",
     "PARSE_ERRORS",
     "REJECT_REASONS",

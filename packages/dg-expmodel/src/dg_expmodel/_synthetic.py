@@ -43,6 +43,7 @@ from dg_core import (
     StepResult,
     Task,
 )
+from dg_expmodel._parse import failure_prediction
 
 Retriever = Callable[[Sequence[ExperienceQuery], int], list[list[Step]]]
 """Given queries (with ``retrieved`` empty) and k, the k most similar real transitions for each."""
@@ -159,11 +160,12 @@ class _SyntheticCore:
                 f"the experience model returned {len(predictions)} predictions for {len(queries)} queries"
             )
         return [
-            self._result(p, q.action.text in q.state.irreversible_actions)
+            self._result(_playable(p, q), q.action.text in q.state.irreversible_actions)
             for p, q in zip(predictions, queries, strict=True)
         ]
 
     def _result(self, prediction: ExperiencePrediction, irreversible: bool) -> StepResult:
+        """The step of ``prediction``; an unparsed one (or one :func:`_playable` refused) is counted."""
         if not prediction.parse_ok:
             self.parse_failures += 1
         info: dict[str, object] = {"parse_ok": prediction.parse_ok}
@@ -360,3 +362,19 @@ def _check_env_id(task: Task, env_ids: tuple[str, ...] | None) -> None:
         raise TypeError(f"expected a Task, got {type(task).__name__}")
     if env_ids is not None and task.env_id not in env_ids:
         raise ConfigError(f"task {task.id!r} is for env {task.env_id!r}; this synthetic env serves {list(env_ids)}")
+
+
+NO_ACTIONS = "no_available_actions"
+"""``info["failure"]`` of a prediction refused because its state goes on but offers no action."""
+
+
+def _playable(prediction: ExperiencePrediction, query: ExperienceQuery) -> ExperiencePrediction:
+    """``prediction``, unless it continues the episode in a state that offers no action where the env lists them
+    (the query's state has a list): no agent could act there (a choose-mode policy has nothing to choose), so it
+    is refused as an unparseable answer is: the failure state (the state unchanged, reward 0, not done), counted
+    as a parse failure, never written back. A model that writes an empty list, or an outcome head that overrides
+    a model's done, can produce one."""
+    listed = query.state.available_actions
+    if prediction.done or not prediction.parse_ok or not listed or prediction.next_state.available_actions:
+        return prediction
+    return failure_prediction(query, f"{NO_ACTIONS}: the predicted state goes on but lists no action", prediction.raw)
