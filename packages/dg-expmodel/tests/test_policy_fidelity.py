@@ -164,8 +164,10 @@ class ReplayingExperienceModel:
         env.reset(query.task, self.seeds.get(query.task.id, query.task.seed))
         for step in query.history:
             if env.done:
-                return ExperiencePrediction(reasoning="over", next_state=query.state, reward=0.0, done=False)
+                break
             env.step(step.action)
+        if env.done:  # the real episode ended in the history: nothing changes any more
+            return ExperiencePrediction(reasoning="over", next_state=query.state, reward=0.0, done=False)
         result = env.step(query.action)
         success = bool(result.success) and not self.flip_success
         done = result.done and not self.never_done
