@@ -405,9 +405,10 @@ def write_table(directory: Path, *, quiet: bool = False) -> list[dict[str, Any]]
         fit = r["fit"]
         passes = "-" if fit is None else str(r["train_transitions"] * r["variant"]["epochs"])
         loss = "-" if fit is None else _f(fit["metrics"].get("train/loss"))
+        fit_seconds = f"{r['seconds']['fit']:.0f}" if "fit" in r["seconds"] else "-"  # none: no fit, or reused
         lines.append(
             f"| {r['variant']['name']} | {r['variant']['lever']} | {r['model']} | {r['train_episodes']} | {passes} "
-            f"| {loss} | {r['held_out_episodes']} ({r['held_out_steps']}) | {r['seconds'].get('fit', 0):.0f} "
+            f"| {loss} | {r['held_out_episodes']} ({r['held_out_steps']}) | {fit_seconds} "
             f"| {r['seconds']['audit']:.0f} |"
         )
     for r in records:
