@@ -12,7 +12,18 @@ from dg_apps.cli import main
 from dg_apps.config import EnvConfig, PolicyConfig
 from dg_apps.models import build_policy, load_policy, save_policy
 from dg_apps.tasks import task_panel
-from dg_core import play_episode, read_trajectories
+from dg_core import (
+    Action,
+    Env,
+    State,
+    StepResult,
+    Task,
+    play_episode,
+    read_trajectories,
+    register_env,
+    unregister_env,
+    write_trajectories,
+)
 from dg_core.testing import ScriptedEnv
 from dg_envs import named_policy
 from tests.conftest import dg
@@ -108,3 +119,49 @@ def test_a_trained_policy_plays_in_both_envs(
         episode = play_episode(real_env, loaded, tasks[i % len(tasks)], seed=i)
         assert pair["task"] == tasks[i % len(tasks)].id
         assert (pair["success"][0], pair["length"][0]) == (episode.success, episode.num_steps)
+
+
+class ExpertlessCorridor(Env):
+    """The scripted corridor without an expert (as MiniWoB, which has none): dg-core's Env over its rules."""
+
+    env_id = "scripted-expertless"
+
+    def __init__(self, *, max_steps: int | None = 20) -> None:
+        super().__init__(max_steps=max_steps)
+        self.rules = ScriptedEnv(max_steps=None)
+
+    def _reset(self, task: Task, seed: int | None) -> State:
+        return self.rules._reset(task, seed)
+
+    def _step(self, action: Action) -> StepResult:
+        return self.rules._step(action)
+
+
+def test_an_env_without_an_expert_is_found_before_the_audit(
+    workspace: Path, nearest_run: Path, random_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_env("scripted-expertless", ExpertlessCorridor)
+    try:
+        held_out = tmp_path / "held-out.jsonl"
+        episodes = [
+            t.model_copy(update={"task": t.task.model_copy(update={"env_id": "scripted-expertless"})})
+            for t in read_trajectories(random_data)
+        ]
+        write_trajectories(held_out, episodes)
+        audit = [
+            "expmodel", "audit", "--set", f"expmodel={nearest_run}", "--set", f"held_out=[{held_out}]",
+            "--set", "open_loop_episodes=0", "--set", "ablations=false", "--set", "policy_fidelity.episodes=4",
+            "--set", "policy_fidelity.max_steps=6",
+        ]  # fmt: skip
+        # The default list: the expert policies are dropped with a note, random is played.
+        metrics = dg(*audit, "--output", str(tmp_path / "default"))
+        assert set(metrics["policy_fidelity"]["policies"]) == {"random"}
+        assert "'scripted-expertless' has no expert; playing random only" in capsys.readouterr().err
+        # Asked for by name: refused before anything runs.
+        argv = [*audit, "--set", "policy_fidelity.policies=[random, expert]", "--output", str(tmp_path / "named")]
+        assert main([*argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "dg: error: policy_fidelity.policies: expert need the env's expert" in err and "Traceback" not in err
+        assert not (tmp_path / "named" / "audit.json").exists()
+    finally:
+        unregister_env("scripted-expertless")

@@ -338,9 +338,36 @@ def policy_fidelity_setup(config: PolicyFidelityConfig, held_out: list[Any]) -> 
                 f"policy that loads ({error})"
             ) from error
     environment = EnvConfig(name=env_ids[0], max_steps=config.max_steps, options=config.env_options)
-    return PolicyFidelitySetup(
-        real_env=env_factory(environment), policies=makers, episodes=config.episodes, seed=config.seed
-    )
+    factory = env_factory(environment)
+    expert_played = [name for name in makers if name in ("expert", "noisy-expert")]
+    if expert_played and not _has_expert(factory):
+        # Found before the audit starts: the expert policies would fail at their first episode, after everything
+        # teacher-forced had run.
+        if "policies" in config.model_fields_set:
+            raise ConfigError(
+                f"policy_fidelity.policies: {', '.join(expert_played)} need the env's expert, and {env_ids[0]!r} "
+                "has none (no expert_action()); play random or a trained policy there"
+            )
+        print(
+            f"policy fidelity: {env_ids[0]!r} has no expert; playing {', '.join(set(makers) - set(expert_played))} "
+            "only (the default list without expert and noisy-expert)",
+            file=sys.stderr,
+        )
+        makers = {name: maker for name, maker in makers.items() if name not in expert_played}
+        if not makers:
+            return None
+    return PolicyFidelitySetup(real_env=factory, policies=makers, episodes=config.episodes, seed=config.seed)
+
+
+def _has_expert(factory: Any) -> bool:
+    """Whether the env ``factory`` builds can be played by dg-envs' expert (one env built and closed)."""
+    from dg_envs import SupportsExpert
+
+    env = factory()
+    try:
+        return isinstance(env, SupportsExpert)
+    finally:
+        env.close()
 
 
 def s2r_real_phase(train: TrainConfig, policy: str | Path, *, real_steps: int, real_budget: int) -> TrainConfig:
