@@ -9,6 +9,7 @@ from typing import Any
 from dg_core import ExperienceModel, ExperiencePrediction, ExperienceQuery, Step
 from dg_expmodel._format import PromptOptions
 from dg_expmodel._model import ExperienceModelStats
+from dg_expmodel._wrapper import WrappedModel
 
 NO_MATCH = "no retrieved real transition has this state and action"
 
@@ -82,7 +83,7 @@ class NearestExperienceModel:
         )
 
 
-class ExactFirstModel:
+class ExactFirstModel(WrappedModel):
     """Retrieval that puts exact matches first: a query whose identical real transition (same state text and
     action) is among its retrieved ones gets that transition's outcome, copied as :class:`NearestExperienceModel`
     copies it; every other query goes to the wrapped model, in one batch.
@@ -94,25 +95,15 @@ class ExactFirstModel:
     """
 
     def __init__(self, model: ExperienceModel) -> None:
-        self.model = model
+        super().__init__(model)
         self.kind = f"exact-first+{getattr(model, 'kind', type(model).__name__)}"
         self.matched = 0
         self.delegated = 0
 
-    @property
-    def stats(self) -> Any:
-        """The wrapped model's counters (of the queries it answered)."""
-        return getattr(self.model, "stats", None)
-
-    @property
-    def options(self) -> Any:
-        """The wrapped model's prompt options (``max_retrieved`` also bounds the retrieved steps searched here)."""
-        return getattr(self.model, "options", None)
-
     def with_options(self, options: Any) -> ExactFirstModel:
-        """The wrapped model under ``options`` (the audit's ablations), still exact-match first."""
-        variant = getattr(self.model, "with_options", None)
-        return ExactFirstModel(variant(options) if variant is not None else self.model)
+        """The wrapped model under ``options`` (the audit's ablations), still exact-match first; its
+        ``max_retrieved`` also bounds the retrieved steps searched here."""
+        return ExactFirstModel(self.wrapped_with(options))
 
     def predict(self, queries: Sequence[ExperienceQuery]) -> list[ExperiencePrediction]:
         """Copied outcomes where an exact match was retrieved, the wrapped model's predictions elsewhere."""

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dg_core import ConfigError, ExperienceModel, ExperiencePrediction, ExperienceQuery, Step, Trajectory
+from dg_expmodel._wrapper import WrappedModel
 
 __all__ = ["OutcomeHead", "OutcomeHeadModel"]
 
@@ -133,7 +134,7 @@ def _situation(instruction: str, state: str) -> str:
     return f"{instruction}\n{state}" if instruction else state
 
 
-class OutcomeHeadModel:
+class OutcomeHeadModel(WrappedModel):
     """An experience model whose rewards and done flags come from an :class:`OutcomeHead`.
 
     Everything else (next state, reasoning, parse status, ``stats``, the audit's ablations through
@@ -141,24 +142,13 @@ class OutcomeHeadModel:
     """
 
     def __init__(self, model: ExperienceModel, head: OutcomeHead) -> None:
-        self.model = model
+        super().__init__(model)
         self.head = head
         self.kind = f"{getattr(model, 'kind', type(model).__name__)}+outcome-head"
 
-    @property
-    def stats(self) -> Any:
-        """The wrapped model's counters (queries, parse failures...)."""
-        return getattr(self.model, "stats", None)
-
-    @property
-    def options(self) -> Any:
-        """The wrapped model's prompt options."""
-        return getattr(self.model, "options", None)
-
     def with_options(self, options: Any) -> OutcomeHeadModel:
         """The wrapped model under ``options`` (the audit's ablations), with the same head."""
-        variant = getattr(self.model, "with_options", None)
-        return OutcomeHeadModel(variant(options) if variant is not None else self.model, self.head)
+        return OutcomeHeadModel(self.wrapped_with(options), self.head)
 
     def predict(self, queries: Sequence[ExperienceQuery]) -> list[ExperiencePrediction]:
         """The wrapped model's predictions with the head's reward and done."""
