@@ -348,14 +348,13 @@ def policy_fidelity_setup(config: PolicyFidelityConfig, held_out: list[Any]) -> 
                 f"policy_fidelity.policies: {', '.join(expert_played)} need the env's expert, and {env_ids[0]!r} "
                 "has none (no expert_action()); play random or a trained policy there"
             )
+        # The default list always holds random: something is left to play.
+        makers = {name: maker for name, maker in makers.items() if name not in expert_played}
         print(
-            f"policy fidelity: {env_ids[0]!r} has no expert; playing {', '.join(set(makers) - set(expert_played))} "
-            "only (the default list without expert and noisy-expert)",
+            f"policy fidelity: {env_ids[0]!r} has no expert; playing {', '.join(makers)} only (the default list "
+            "without expert and noisy-expert)",
             file=sys.stderr,
         )
-        makers = {name: maker for name, maker in makers.items() if name not in expert_played}
-        if not makers:
-            return None
     return PolicyFidelitySetup(real_env=factory, policies=makers, episodes=config.episodes, seed=config.seed)
 
 
