@@ -11,12 +11,20 @@ the same number of policy updates, and evaluates each trained policy on held-out
    transitions;
 5. ablations of 3: no replay retrieval (experience model trained and run with top_k=0), no reasoning
    (trained and run without reasoning traces), no curriculum (uniform task draws);
-6. with ``--sweeps``: retrieval k and history window (one experience model per value) and lambda (the
+6. DreamGym + levers: method 3 with issue 17's fidelity levers on its experience model (``levers``: by default
+   exact (state, action) matches copied first and the separate reward / done head);
+7. GRPO in the real env at an equal real-data budget: stopped at as many real on-policy transitions as the
+   offline data DreamGym's experience model was fitted on (the paper's data-efficiency comparison);
+8. with ``--sweeps``: retrieval k and history window (one experience model per value) and lambda (the
    generated-task share, with task generation switched on), on the first seed.
 
 The experience models are fitted once per variant (offline data and fit seed fixed); the seeds vary the
-policy's initialisation, its rollouts and the curriculum. Each experience model's audit (eps_R, eps_P on
-held-out real trajectories) sits beside the results it produced.
+policy's initialisation, its rollouts and the curriculum. Each experience model is audited twice: on held-out
+real trajectories (eps_R, eps_P, success precision / recall, done accuracy, next-state F1 / exact match on
+determined transitions, parse failures, and policy-level fidelity: random, expert and noisy-expert played from the
+same tasks and initial states in the real and the synthetic env) and on fresh noisy-expert episodes of the training
+tasks, the ones synthetic training plays (the same, with fewer episodes). Its numbers sit beside the results it
+produced.
 
 Every stage is a dg run directory under ``--output`` (an interrupted benchmark, run again, keeps finished
 stages). Results: ``benchmarks/results/learning_<env>.{json,md,png}``.
@@ -43,11 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from dg_apps.commands import run_audit, run_fit, s2r_real_phase
+from dg_apps.commands import run_audit, run_collect, run_fit, s2r_real_phase
 from dg_apps.config import (
     AuditConfig,
+    CollectConfig,
     DemoConfig,
     EvalConfig,
     ExpModelConfig,
@@ -78,11 +87,25 @@ class LearningConfig(DemoConfig):
     eval_episodes_per_task: int = Field(default=4, ge=1)
     warm_start_epochs: int = Field(default=0, ge=0)
     """Behaviour-cloning epochs of the initial policy on the successful offline episodes (0: untrained start)."""
+    levers: dict[str, Any] = Field(default_factory=lambda: {"exact_first": True, "outcome_head": {}})
+    """``expmodel`` settings of the "DreamGym + levers" method's experience model (on top of ``expmodel``)."""
+    audit_train_episodes: int = Field(default=16, ge=0)
+    """Training-task episodes of each experience model's second audit (0: held-out audit only)."""
+    audit_policy_episodes: int = Field(default=16, ge=0)
+    """Episodes per policy and env of the audits' policy-level fidelity (0 skips it)."""
     sweep_top_k: list[int] = Field(default_factory=lambda: [0, 1, 2])
     sweep_history: list[int] = Field(default_factory=lambda: [0, 1, 2])
     sweep_lambda: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5])
     sweep_grow_every: int = Field(default=2, ge=1)
     """Task-generation period of the lambda sweep (generated tasks only exist when generation is on)."""
+
+
+def levers_expmodel(config: LearningConfig) -> ExpModelConfig:
+    """The experience model of "DreamGym + levers": ``expmodel`` with ``levers`` on top, validated as one."""
+    try:
+        return ExpModelConfig.model_validate({**config.expmodel.model_dump(), **config.levers})
+    except ValidationError as error:
+        raise SystemExit(f"levers: not valid expmodel settings on top of expmodel:\n{error}") from None
 
 
 def log(message: str) -> None:
@@ -93,6 +116,42 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+POLICIES = ("random", "expert", "noisy-expert")
+"""The policies of the audits' policy-level fidelity, in the tables' order."""
+
+
+def fidelity_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the tables show of one ``dg expmodel audit``'s metrics: teacher-forced errors, the positive class,
+    determined next states, and each policy's success gap real - synthetic (mean and 95% interval)."""
+    determined = metrics["next_state_fields"]["determined"]
+    success = metrics["success"]
+    gaps: dict[str, Any] = {}
+    for policy, entry in ((metrics.get("policy_fidelity") or {}).get("policies") or {}).items():
+        played = entry["success"]
+        gaps[policy] = {
+            "real": played["real"]["mean"],
+            "synthetic": played["synthetic"]["mean"],
+            "gap": played["gap"]["mean"],
+            "low": played["gap"]["low"],
+            "high": played["gap"]["high"],
+            "episodes": entry["episodes"],
+        }
+    return {
+        "episodes": metrics["held_out_episodes"],
+        "eps_R": metrics["eps_R"],
+        "eps_P": metrics["eps_P"],
+        "parse_failure_rate": metrics["parse_failure_rate"],
+        # no win predicted: precision undefined (the audit's convention says 1.0), shown as "-"
+        "success_precision": success["precision"] if success["true_positive"] + success["false_positive"] else None,
+        "success_recall": success["recall"],
+        "done_accuracy": metrics["done"]["accuracy"],
+        "determined_f1": determined["field_f1"],
+        "determined_exact": determined["exact_match"],
+        "determined_steps": determined["steps"],
+        "policy_gaps": gaps,
+    }
 
 
 class Benchmark:
@@ -142,21 +201,50 @@ class Benchmark:
         fit = FitConfig(data=self.data, expmodel=expmodel, trainer=self.config.trainer, seed=self.config.seed)
         self.stage(f"expmodel-{variant}", "expmodel fit", fit, lambda c, r: run_fit(c, r, progress=self.progress))
         folder = self.root.path / f"expmodel-{variant}"
+        config = self.config
+        fidelity = PolicyFidelityConfig(episodes=config.audit_policy_episodes, max_steps=config.env.max_steps)
         audit = AuditConfig(
             expmodel=str(folder),
             held_out=[self.held_out],
-            open_loop_episodes=self.config.audit_open_loop,
+            open_loop_episodes=config.audit_open_loop,
             ablations=False,
             permutations=50,
-            policy_fidelity=PolicyFidelityConfig(max_steps=self.config.env.max_steps),
+            policy_fidelity=fidelity,
         )
         metrics = self.stage(
             f"audit-{variant}", "expmodel audit", audit, lambda c, r: run_audit(c, r, progress=self.progress)
         )
-        self.audits[variant] = {key: metrics[key] for key in ("eps_R", "eps_P", "parse_failure_rate")}
+        self.audits[variant] = fidelity_summary(metrics)
+        if config.audit_train_episodes:
+            train_audit = audit.model_copy(
+                update={
+                    "held_out": [self.train_task_episodes()],
+                    "max_episodes": config.audit_train_episodes,
+                    "open_loop_episodes": 0,
+                }
+            )
+            metrics = self.stage(
+                f"audit-train-{variant}",
+                "expmodel audit",
+                train_audit,
+                lambda c, r: run_audit(c, r, progress=self.progress),
+            )
+            self.audits[variant]["train_tasks"] = fidelity_summary(metrics)
         self.fits[variant] = folder
         self.models[variant] = (expmodel, folder)
         return folder
+
+    def train_task_episodes(self) -> str:
+        """Fresh noisy-expert episodes of the training tasks (what synthetic training plays; not in the data)."""
+        config = CollectConfig(env=self.config.env, tasks="train", policy="noisy-expert", episodes_per_task=1, seed=3)
+        metrics = self.stage(
+            "04-collect-train-audit", "collect", config, lambda c, r: run_collect(c, r, progress=self.progress)
+        )
+        return str(metrics["trajectories"])
+
+    def offline_transitions(self) -> int:
+        """Real transitions of the offline data the experience models are fitted on (and their buffer holds)."""
+        return sum(len(trajectory.steps) for trajectory in read_data(self.data))
 
     # -- per seed -----------------------------------------------------------------------------------
     def initial_policy(self, seed: int) -> Path:
@@ -231,11 +319,26 @@ def record(
             optimizer_steps=train["optimizer_steps"],
             seconds=train["seconds"],
         )
+        if "expmodel" in train:  # the synthetic env's answers: copied exact matches, failure states
+            entry["expmodel"] = {
+                key: train["expmodel"].get(key) for key in ("steps", "exact_matches", "parse_failure_rate")
+            }
     results.setdefault(method, []).append(entry)
 
 
-METHODS = ("initial", "real", "dreamgym", "s2r")
+METHODS = ("initial", "real", "real-budget", "dreamgym", "s2r", "levers")
 """What ``--methods`` can pick (S2R needs DreamGym's policy and real GRPO's transition count)."""
+
+EQUAL_BUDGET = "GRPO in real env, equal real-data budget"
+LEVERS = "DreamGym + levers (synthetic only)"
+MODEL_OF = {
+    "DreamGym (synthetic only)": "full",
+    "ablation: no curriculum": "full",
+    "ablation: no replay retrieval": "no-replay",
+    "ablation: no reasoning": "no-reasoning",
+    LEVERS: "levers",
+}
+"""The experience model variant behind each synthetic method (S2R's is ``full``)."""
 
 
 def run_seed(
@@ -263,6 +366,18 @@ def run_seed(
         bench.evaluate(f"real-{tag}", str(bench.root.path / f"real-{tag}" / "policy"), seed),
         real,
     )
+    if "real-budget" in methods:
+        budget = bench.offline_transitions()
+        equal = bench.train(
+            f"real-budget-{tag}",
+            TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum, real_budget=budget)),
+        )
+        policy = str(bench.root.path / f"real-budget-{tag}" / "policy")
+        record(results, EQUAL_BUDGET, seed, bench.evaluate(f"real-budget-{tag}", policy, seed), equal)
+    if "levers" in methods:
+        train = bench.synthetic(f"levers-{tag}", seed, fits["levers"])
+        policy = str(bench.root.path / f"levers-{tag}" / "policy")
+        record(results, LEVERS, seed, bench.evaluate(f"levers-{tag}", policy, seed), train)
     if "dreamgym" not in methods:
         return
 
@@ -360,9 +475,17 @@ def _cost(train: dict[str, Any]) -> dict[str, Any]:
     return {key: train[key] for key in ("synthetic_transitions", "optimizer_steps", "seconds")}
 
 
+ORDER = ("initial", "GRPO in real env", EQUAL_BUDGET, "DreamGym (", "DreamGym-S2R", LEVERS, "ablation")
+"""Row order of the table (by the start of a method's name)."""
+
+
+def _order(method: str) -> int:
+    return min((i for i, start in enumerate(ORDER) if method.startswith(start)), default=len(ORDER))
+
+
 def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
-    for method, entries in results.items():
+    for method, entries in sorted(results.items(), key=lambda item: _order(item[0])):
         mean, sd = _mean_sd([entry["success"] for entry in entries])
         row: dict[str, Any] = {
             "method": method,
@@ -373,6 +496,11 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for key in ("real_transitions", "synthetic_transitions", "optimizer_steps", "seconds"):
             values = [entry[key] for entry in entries if key in entry]
             row[key] = statistics.fmean(values) if values else None
+        answered = [entry["expmodel"] for entry in entries if entry.get("expmodel", {}).get("steps")]
+        if answered:  # over all seeds' synthetic steps
+            steps = sum(count["steps"] for count in answered)
+            row["exact_match_share"] = sum(count["exact_matches"] or 0 for count in answered) / steps
+            row["failure_state_share"] = sum(count["parse_failure_rate"] * count["steps"] for count in answered) / steps
         rows.append(row)
     return rows
 
@@ -389,6 +517,15 @@ def model_kind(source: str, lora: bool) -> str:
     return kind + (" (LoRA)" if lora else " (full fine-tuning)")
 
 
+def _gap(summary: dict[str, Any] | None, policy: str) -> str:
+    gap = (summary or {}).get("policy_gaps", {}).get(policy)
+    return "-" if gap is None else f"{gap['gap']:+.2f}"
+
+
+def _pr(precision: float | None, recall: float | None) -> str:
+    return " / ".join("-" if value is None else f"{value:.2f}" for value in (precision, recall))
+
+
 def markdown(
     config: LearningConfig,
     name: str,
@@ -396,11 +533,13 @@ def markdown(
     audits: dict[str, Any],
     sweeps: list[dict[str, Any]],
     ablation_seeds: list[int] | None = None,
+    offline: int | None = None,
 ) -> str:
     env = config.env
     seeds = max(len(row["per_seed"]) for row in rows)
     fewer = [row for row in rows if len(row["per_seed"]) < seeds]
     ablations = f" (ablations: seeds {', '.join(map(str, ablation_seeds or []))})" if fewer else ""
+    levers = ", ".join(f"{key}: {json.dumps(value)}" for key, value in config.levers.items())
     lines = [
         f"# Learning benchmark: {name}",
         "",
@@ -411,32 +550,56 @@ def markdown(
         f"{config.algorithm.tasks_per_step} tasks x {config.algorithm.group_size} episodes per batch.",
         "",
         f"Models: policy {model_kind(config.policy.model, config.policy.lora)}; experience model "
-        f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}. 2 shared CPU cores.",
+        f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}, one fit seed per variant. "
+        f"2 shared CPU cores. Offline data (expert + random episodes of the train split): "
+        f"{'-' if offline is None else format(offline, ',')} real transitions; the equal-budget real run stops at "
+        f"that many (checked before each batch). Levers: {levers}.",
         "",
         "| method | held-out success (mean ± sd over seeds) | per seed | real transitions | synthetic transitions | "
-        "policy updates | training s (mean) | experience model eps_R / eps_P |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "policy updates | training s (mean) | experience model | eps_R / eps_P | expert success gap, held-out / "
+        "train tasks | synthetic steps copied / failure state |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    model_of = {
-        "DreamGym (synthetic only)": "full",
-        "ablation: no curriculum": "full",
-        "ablation: no replay retrieval": "no-replay",
-        "ablation: no reasoning": "no-reasoning",
-    }
     for row in rows:
         spread = "n/a" if row["std"] != row["std"] else f"{row['std']:.3f}"
         seeds = " / ".join(f"{value:.2f}" for value in row["per_seed"])
-        variant = model_of.get(row["method"], "full" if row["method"].startswith("DreamGym-S2R") else None)
-        fidelity = "-" if variant is None else f"{audits[variant]['eps_R']:.3f} / {audits[variant]['eps_P']:.3f}"
+        variant = MODEL_OF.get(row["method"], "full" if row["method"].startswith("DreamGym-S2R") else None)
+        audit = audits.get(variant) if variant else None
+        fidelity, gaps = "-", "-"
+        if audit is not None:
+            fidelity = f"{audit['eps_R']:.3f} / {audit['eps_P']:.3f}"
+            gaps = f"{_gap(audit, 'expert')} / {_gap(audit.get('train_tasks'), 'expert')}"
+        answered = "-"
+        if "exact_match_share" in row:
+            answered = f"{row['exact_match_share']:.0%} / {row['failure_state_share']:.0%}"
         lines.append(
             f"| {row['method']} | {row['mean']:.3f} ± {spread} | {seeds} | {_cell(row['real_transitions'])} | "
             f"{_cell(row['synthetic_transitions'])} | {_cell(row['optimizer_steps'])} | {_cell(row['seconds'])} | "
-            f"{fidelity} |"
+            f"{variant or '-'} | {fidelity} | {gaps} | {answered} |"
         )
-    lines += ["", "Experience models (audited on held-out real trajectories, teacher-forced):", ""]
-    lines += ["| variant | eps_R | eps_P | parse failures |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Experience models, audited on held-out real trajectories (validation tasks, noisy expert; teacher-forced) "
+        "and, for the policy gaps, by playing each policy from the same tasks and initial states in the real and the "
+        "synthetic env (gap = real - synthetic success; targets: |gap| <= 0.05, success P / R >= 0.9, done accuracy "
+        ">= 0.98, determined F1 >= 0.95 / exact >= 0.8, parse failures < 1%). The training-task rows audit fresh "
+        "noisy-expert episodes of the tasks synthetic training plays.",
+        "",
+        "| variant | tasks | episodes | eps_R | eps_P | success P / R | done accuracy | determined F1 / exact "
+        "(steps) | parse failures | success gap random / expert / noisy-expert |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for variant, audit in audits.items():
-        lines.append(f"| {variant} | {audit['eps_R']:.3f} | {audit['eps_P']:.3f} | {audit['parse_failure_rate']:.1%} |")
+        for label, summary in (("held-out", audit), ("train", audit.get("train_tasks"))):
+            if summary is None:
+                continue
+            gaps = " / ".join(_gap(summary, policy) for policy in POLICIES)
+            lines.append(
+                f"| {variant} | {label} | {summary['episodes']} | {summary['eps_R']:.3f} | {summary['eps_P']:.3f} | "
+                f"{_pr(summary['success_precision'], summary['success_recall'])} | {summary['done_accuracy']:.3f} | "
+                f"{summary['determined_f1']:.3f} / {summary['determined_exact']:.3f} ({summary['determined_steps']}) | "
+                f"{summary['parse_failure_rate']:.1%} | {gaps} |"
+            )
     if sweeps:
         lines += ["", "Sweeps (first seed, DreamGym synthetic-only training):", ""]
         lines += ["| sweep | value | held-out success | synthetic transitions | training s | note |"]
@@ -465,7 +628,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=None,
-        help="seeds that also run the ablations (default: every seed); the others run methods 1-4 only",
+        help="seeds that also run the ablations (default: every seed); the others skip them",
     )
     parser.add_argument(
         "--methods",
@@ -494,6 +657,7 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"unknown --config {args.config!r}: give textworld, alfworld, quick or a YAML file")
     config = load_config(LearningConfig, path, args.overrides)
+    levers_expmodel(config)  # a bad `levers` stops here, before any stage runs
     output = args.output or Path("runs") / f"bench-learning-{name}"
     # The folder of the stages; each stage is a dg run directory that refuses a changed config, so a stage
     # whose settings changed gets a new name (evaluations carry their episode count in theirs).
@@ -512,6 +676,8 @@ def main() -> None:
     if "dreamgym" not in methods:
         ablation_seeds = []
     fits = {"full": bench.expmodel("full", config.expmodel)} if "dreamgym" in methods else {}
+    if "levers" in methods:
+        fits["levers"] = bench.expmodel("levers", levers_expmodel(config))
     if ablation_seeds or args.sweeps:
         fits["no-replay"] = bench.expmodel("no-replay", config.expmodel.model_copy(update={"top_k": 0}))
         fits["no-reasoning"] = bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False}))
@@ -520,7 +686,8 @@ def main() -> None:
         run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds, methods=methods)
     sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
     rows = summarise(results)
-    table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds)
+    offline = bench.offline_transitions()
+    table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds, offline)
     seconds = time.perf_counter() - started
     compute = bench.compute_seconds()
     total = f"Stage compute {compute / 60:.0f} min (this invocation {seconds / 60:.0f} min; finished stages reused)."
@@ -532,6 +699,7 @@ def main() -> None:
         "rows": rows,
         "per_seed": results,
         "expmodels": bench.audits,
+        "offline_transitions": offline,
         "sweeps": sweeps,
         "seconds": seconds,
         "compute_seconds": compute,

@@ -247,6 +247,25 @@ class SimulatorState(Callback):
         self.env.load_state_dict(state_dict)
 
 
+def _expmodel_counts(model: Any, env: Any) -> dict[str, Any]:
+    """``metrics.expmodel`` of a synthetic run (this process's steps): the synthetic env's steps and failure
+    states (unparseable answers and refused predictions, whichever model gave them), how many steps an exact
+    match answered (``expmodel.exact_first``), and the generating model's own counters (the steps it answered)."""
+    from dg_expmodel import ExactFirstModel
+
+    stats = model.stats
+    exact = model.matched if isinstance(model, ExactFirstModel) else 0
+    return {
+        "steps": env.steps,
+        "exact_matches": exact,
+        "parse_failures": env.parse_failures,
+        "parse_failure_rate": env.parse_failures / env.steps if env.steps else 0.0,
+        "queries": stats.queries,
+        "model_parse_failures": stats.parse_failures,
+        "failure_reasons": dict(stats.failure_reasons),
+    }
+
+
 def _perturbed_env(config: TrainConfig) -> Any:
     """``synthetic.simulator: perturbed``: the real env underneath, errors injected at ``eps_r`` / ``eps_p``."""
     from dg_expmodel import PerturbedEnv
@@ -455,13 +474,7 @@ def run_train(config: TrainConfig, run: RunDir, *, progress: bool = True) -> dic
     if perturbed:
         metrics["simulator"] = {"kind": "perturbed", **env.stats.as_dict()}
     if bundle is not None:
-        stats = bundle.model.stats
-        metrics["expmodel"] = {
-            "queries": stats.queries,
-            "parse_failures": stats.parse_failures,
-            "parse_failure_rate": stats.parse_failures / stats.queries if stats.queries else 0.0,
-            "failure_reasons": dict(stats.failure_reasons),
-        }
+        metrics["expmodel"] = _expmodel_counts(bundle.model, env)
         metrics["replay"] = {
             "total": len(buffer),
             "by_source": buffer.stats().by_source,

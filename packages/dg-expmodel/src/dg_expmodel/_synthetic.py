@@ -133,6 +133,7 @@ class _SyntheticCore:
         self.history_window = history_window
         self.write_back = write_back
         self.initial_state = initial_state or initial_state_from_metadata
+        self.steps = 0
         self.parse_failures = 0
         self.placeholders_withheld = 0
 
@@ -155,6 +156,7 @@ class _SyntheticCore:
 
     def results(self, queries: Sequence[ExperienceQuery]) -> list[StepResult]:
         predictions = self.model.predict(queries)
+        self.steps += len(queries)
         if len(predictions) != len(queries):
             raise ConfigError(
                 f"the experience model returned {len(predictions)} predictions for {len(queries)} queries"
@@ -222,8 +224,14 @@ class _CoreCounters:
     core: _SyntheticCore
 
     @property
+    def steps(self) -> int:
+        """Steps answered so far (every prediction, whichever model or copy gave it)."""
+        return self.core.steps
+
+    @property
     def parse_failures(self) -> int:
-        """Steps answered with the failure state because the model output did not parse."""
+        """Steps answered with the failure state: the model output did not parse, or the env refused the
+        prediction (a state that goes on without actions)."""
         return self.core.parse_failures
 
     @property
