@@ -626,9 +626,9 @@ def main() -> None:
     parser.add_argument(
         "--ablation-seeds",
         type=int,
-        nargs="+",
+        nargs="*",
         default=None,
-        help="seeds that also run the ablations (default: every seed); the others skip them",
+        help="seeds that also run the ablations (default: every seed; none given: no ablations)",
     )
     parser.add_argument(
         "--methods",
