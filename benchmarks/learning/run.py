@@ -571,7 +571,7 @@ def markdown(
             gaps = f"{_gap(audit, 'expert')} / {_gap(audit.get('train_tasks'), 'expert')}"
         answered = "-"
         if "exact_match_share" in row:
-            answered = f"{row['exact_match_share']:.0%} / {row['failure_state_share']:.0%}"
+            answered = f"{row['exact_match_share']:.0%} / {row['failure_state_share']:.1%}"
         lines.append(
             f"| {row['method']} | {row['mean']:.3f} ± {spread} | {seeds} | {_cell(row['real_transitions'])} | "
             f"{_cell(row['synthetic_transitions'])} | {_cell(row['optimizer_steps'])} | {_cell(row['seconds'])} | "
