@@ -166,7 +166,7 @@ def test_failure_placeholders_are_never_written_back() -> None:
     env.reset(grounded_tasks(4))
     env.step([(s.available_actions or ("look",))[0] for s in env.states])
     env.step([(s.available_actions or ("look",))[0] for s in env.states])
-    assert env.parse_failures == 4 and env.placeholders_withheld == 4
+    assert env.parse_failures == 4 and env.placeholders_withheld == 4 and env.steps == 8
     assert write_back.added == 4
     stored = buffer.stats().by_source
     assert stored["real"] == before["real"] and stored.get("synthetic", 0) <= 4
@@ -198,7 +198,7 @@ def test_a_state_that_goes_on_without_actions_is_refused() -> None:
     ending = BatchedSyntheticEnv(answer(done=True), max_steps=3)
     ending.reset(tasks)
     ending.step([s.available_actions[0] for s in ending.states])  # type: ignore[index]
-    assert ending.all_done and ending.parse_failures == 0
+    assert ending.all_done and ending.parse_failures == 0 and ending.steps == 2
 
     for model in (
         answer(done=False),
