@@ -168,6 +168,7 @@ class Benchmark:
         self.models: dict[str, tuple[ExpModelConfig, Path]] = {}
         self.used: list[str] = []  # stage folders the results come from, in order (for the compute total)
         self.warm_starts: list[Path] = []
+        self.offline = 0
 
     def stage(self, name: str, command: str, config: Any, body: Any) -> dict[str, Any]:
         self.used.append(name)
@@ -189,6 +190,8 @@ class Benchmark:
     # -- shared: data, experience models, audits ------------------------------------------------------
     def collect(self) -> None:
         self.data, self.held_out = collect_data(self.config, self.root, progress=self.progress, log=log)
+        # real transitions of the offline data the experience models are fitted on (the equal-budget run's budget)
+        self.offline = sum(len(trajectory.steps) for trajectory in read_data(self.data))
 
     def expmodel(self, variant: str, expmodel: ExpModelConfig) -> Path:
         """Fit (once) and audit an experience model variant; its run directory."""
@@ -241,10 +244,6 @@ class Benchmark:
             "04-collect-train-audit", "collect", config, lambda c, r: run_collect(c, r, progress=self.progress)
         )
         return str(metrics["trajectories"])
-
-    def offline_transitions(self) -> int:
-        """Real transitions of the offline data the experience models are fitted on (and their buffer holds)."""
-        return sum(len(trajectory.steps) for trajectory in read_data(self.data))
 
     # -- per seed -----------------------------------------------------------------------------------
     def initial_policy(self, seed: int) -> Path:
@@ -321,7 +320,7 @@ def record(
         )
         if "expmodel" in train:  # the synthetic env's answers: copied exact matches, failure states
             entry["expmodel"] = {
-                key: train["expmodel"].get(key) for key in ("steps", "exact_matches", "parse_failure_rate")
+                key: train["expmodel"].get(key) for key in ("steps", "exact_matches", "parse_failures")
             }
     results.setdefault(method, []).append(entry)
 
@@ -367,10 +366,9 @@ def run_seed(
         real,
     )
     if "real-budget" in methods:
-        budget = bench.offline_transitions()
         equal = bench.train(
             f"real-budget-{tag}",
-            TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum, real_budget=budget)),
+            TrainConfig(**bench.common(seed, where="real", curriculum=no_curriculum, real_budget=bench.offline)),
         )
         policy = str(bench.root.path / f"real-budget-{tag}" / "policy")
         record(results, EQUAL_BUDGET, seed, bench.evaluate(f"real-budget-{tag}", policy, seed), equal)
@@ -500,7 +498,7 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         if answered:  # over all seeds' synthetic steps
             steps = sum(count["steps"] for count in answered)
             row["exact_match_share"] = sum(count["exact_matches"] or 0 for count in answered) / steps
-            row["failure_state_share"] = sum(count["parse_failure_rate"] * count["steps"] for count in answered) / steps
+            row["failure_state_share"] = sum(count["parse_failures"] for count in answered) / steps
         rows.append(row)
     return rows
 
@@ -533,7 +531,7 @@ def markdown(
     audits: dict[str, Any],
     sweeps: list[dict[str, Any]],
     ablation_seeds: list[int] | None = None,
-    offline: int | None = None,
+    offline: int = 0,
 ) -> str:
     env = config.env
     seeds = max(len(row["per_seed"]) for row in rows)
@@ -552,7 +550,7 @@ def markdown(
         f"Models: policy {model_kind(config.policy.model, config.policy.lora)}; experience model "
         f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}, one fit seed per variant. "
         f"2 shared CPU cores. Offline data (expert + random episodes of the train split): "
-        f"{'-' if offline is None else format(offline, ',')} real transitions; the equal-budget real run stops at "
+        f"{offline:,} real transitions; the equal-budget real run stops at "
         f"that many (checked before each batch). Levers: {levers}.",
         "",
         "| method | held-out success (mean ± sd over seeds) | per seed | real transitions | synthetic transitions | "
@@ -686,8 +684,7 @@ def main() -> None:
         run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds, methods=methods)
     sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
     rows = summarise(results)
-    offline = bench.offline_transitions()
-    table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds, offline)
+    table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds, bench.offline)
     seconds = time.perf_counter() - started
     compute = bench.compute_seconds()
     total = f"Stage compute {compute / 60:.0f} min (this invocation {seconds / 60:.0f} min; finished stages reused)."
@@ -699,7 +696,7 @@ def main() -> None:
         "rows": rows,
         "per_seed": results,
         "expmodels": bench.audits,
-        "offline_transitions": offline,
+        "offline_transitions": bench.offline,
         "sweeps": sweeps,
         "seconds": seconds,
         "compute_seconds": compute,
