@@ -16,10 +16,12 @@ the same number of policy updates, and evaluates each trained policy on held-out
 7. GRPO in the real env at an equal real-data budget: stopped at as many real on-policy transitions as the
    offline data DreamGym's experience model was fitted on (the paper's data-efficiency comparison);
 8. with ``--sweeps``: retrieval k and history window (one experience model per value) and lambda (the
-   generated-task share, with task generation switched on), on the first seed.
+   generated-task share, with task generation switched on), on the first seed;
+9. with ``--fit-seeds``: DreamGym again with the full experience model fitted with each further seed (every
+   training seed), so that the fit's spread is measured beside the policy's.
 
-The experience models are fitted once per variant (offline data and fit seed fixed); the seeds vary the
-policy's initialisation, its rollouts and the curriculum. Each experience model is audited twice: on held-out
+The experience models are fitted once per variant (offline data and fit seed ``seed`` fixed); the training seeds
+vary the policy's initialisation, its rollouts and the curriculum. Each experience model is audited twice: on held-out
 real trajectories (eps_R, eps_P, success precision / recall, done accuracy, next-state F1 / exact match on
 determined transitions, parse failures, and policy-level fidelity: random, expert and noisy-expert played from the
 same tasks and initial states in the real and the synthetic env) and on fresh noisy-expert episodes of the training
@@ -32,6 +34,7 @@ stages). Results: ``benchmarks/results/learning_<env>.{json,md,png}``.
     python benchmarks/learning/run.py                          # TextWorld, seeds 0 1 2 (about 50 min on 2 cores)
     python benchmarks/learning/run.py --config alfworld        # ALFWorld-format problems
     python benchmarks/learning/run.py --sweeps                 # also the k / lambda / history sweeps
+    python benchmarks/learning/run.py --fit-seeds 1 2          # DreamGym with two more experience-model fits
     python benchmarks/learning/run.py --config quick --seeds 0 # smoke size
     nox -s bench -- learning [args]
 """
@@ -165,7 +168,7 @@ class Benchmark:
         self.held_out = ""
         self.fits: dict[str, Path] = {}
         self.audits: dict[str, dict[str, Any]] = {}
-        self.models: dict[str, tuple[ExpModelConfig, Path]] = {}
+        self.models: dict[str, tuple[ExpModelConfig, int, Path]] = {}
         self.used: list[str] = []  # stage folders the results come from, in order (for the compute total)
         self.warm_starts: list[Path] = []
         self.offline = 0
@@ -193,15 +196,17 @@ class Benchmark:
         # real transitions of the offline data the experience models are fitted on (the equal-budget run's budget)
         self.offline = sum(len(trajectory.steps) for trajectory in read_data(self.data))
 
-    def expmodel(self, variant: str, expmodel: ExpModelConfig) -> Path:
-        """Fit (once) and audit an experience model variant; its run directory."""
+    def expmodel(self, variant: str, expmodel: ExpModelConfig, seed: int | None = None) -> Path:
+        """Fit (once) and audit an experience model variant (fit seed: ``seed``, default the config's); its run
+        directory."""
         if variant in self.fits:
             return self.fits[variant]
-        for known, (other, folder) in self.models.items():
-            if other == expmodel:  # the same model under another name (a sweep's default value): fit once
+        seed = self.config.seed if seed is None else seed
+        for known, (other, other_seed, folder) in self.models.items():
+            if (other, other_seed) == (expmodel, seed):  # the same model under another name (a sweep's default)
                 self.fits[variant], self.audits[variant] = folder, self.audits[known]
                 return folder
-        fit = FitConfig(data=self.data, expmodel=expmodel, trainer=self.config.trainer, seed=self.config.seed)
+        fit = FitConfig(data=self.data, expmodel=expmodel, trainer=self.config.trainer, seed=seed)
         self.stage(f"expmodel-{variant}", "expmodel fit", fit, lambda c, r: run_fit(c, r, progress=self.progress))
         folder = self.root.path / f"expmodel-{variant}"
         config = self.config
@@ -234,7 +239,7 @@ class Benchmark:
             )
             self.audits[variant]["train_tasks"] = fidelity_summary(metrics)
         self.fits[variant] = folder
-        self.models[variant] = (expmodel, folder)
+        self.models[variant] = (expmodel, seed, folder)
         return folder
 
     def train_task_episodes(self) -> str:
@@ -338,6 +343,19 @@ MODEL_OF = {
     LEVERS: "levers",
 }
 """The experience model variant behind each synthetic method (S2R's is ``full``)."""
+FIT_SEED = "DreamGym (synthetic only), fit seed "
+"""Start of the name of DreamGym trained with a further fit of the full experience model (``--fit-seeds``)."""
+
+
+def fit_variant(seed: int) -> str:
+    return f"full-f{seed}"
+
+
+def variant_of(method: str) -> str | None:
+    """The experience model variant behind a method of the table (None: no experience model)."""
+    if method.startswith(FIT_SEED):
+        return fit_variant(int(method.removeprefix(FIT_SEED)))
+    return MODEL_OF.get(method, "full" if method.startswith("DreamGym-S2R") else None)
 
 
 def run_seed(
@@ -348,6 +366,7 @@ def run_seed(
     *,
     ablations: bool,
     methods: tuple[str, ...] = METHODS,
+    fit_seeds: tuple[int, ...] = (),
 ) -> None:
     config = bench.config
     tag = f"s{seed}"
@@ -388,6 +407,11 @@ def run_seed(
         bench.evaluate(f"dreamgym-{tag}", str(folder / "policy"), seed),
         dreamgym,
     )
+    for fit_seed in fit_seeds:
+        name = f"dreamgym-f{fit_seed}-{tag}"
+        train = bench.synthetic(name, seed, fits[fit_variant(fit_seed)])
+        policy = str(bench.root.path / name / "policy")
+        record(results, f"{FIT_SEED}{fit_seed}", seed, bench.evaluate(name, policy, seed), train)
 
     if "s2r" not in methods:
         return
@@ -524,6 +548,21 @@ def _pr(precision: float | None, recall: float | None) -> str:
     return " / ".join("-" if value is None else f"{value:.2f}" for value in (precision, recall))
 
 
+def fit_seed_spread(config: LearningConfig, rows: list[dict[str, Any]]) -> str:
+    """A sentence on DreamGym's spread over experience-model fits (empty without ``--fit-seeds``)."""
+    fits = [row for row in rows if row["method"] == "DreamGym (synthetic only)" or row["method"].startswith(FIT_SEED)]
+    if len(fits) < 2:
+        return ""
+    pooled, pooled_sd = _mean_sd([value for row in fits for value in row["per_seed"]])
+    means = [row["mean"] for row in fits]
+    seeds = [str(config.seed)] + [row["method"].removeprefix(FIT_SEED) for row in fits[1:]]
+    return (
+        f"DreamGym over {len(fits)} experience-model fits (fit seeds {', '.join(seeds)}) x their training seeds: "
+        f"{pooled:.3f} ± {pooled_sd:.3f} (n = {sum(len(row['per_seed']) for row in fits)}); the fits' means "
+        f"{' / '.join(f'{mean:.3f}' for mean in means)} (sd between fits {_mean_sd(means)[1]:.3f})."
+    )
+
+
 def markdown(
     config: LearningConfig,
     name: str,
@@ -533,6 +572,7 @@ def markdown(
     ablation_seeds: list[int] | None = None,
     offline: int = 0,
 ) -> str:
+    fit_spread = fit_seed_spread(config, rows)
     env = config.env
     seeds = max(len(row["per_seed"]) for row in rows)
     fewer = [row for row in rows if len(row["per_seed"]) < seeds]
@@ -548,7 +588,8 @@ def markdown(
         f"{config.algorithm.tasks_per_step} tasks x {config.algorithm.group_size} episodes per batch.",
         "",
         f"Models: policy {model_kind(config.policy.model, config.policy.lora)}; experience model "
-        f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}, one fit seed per variant. "
+        f"{model_kind(config.expmodel.model, config.expmodel.model != 'tiny')}, fit seed {config.seed} "
+        f"({'one fit per variant' if not fit_spread else 'the full model also with the fit seeds below'}). "
         f"2 shared CPU cores. Offline data (expert + random episodes of the train split): "
         f"{offline:,} real transitions; the equal-budget real run stops at "
         f"that many (checked before each batch). Levers: {levers}.",
@@ -561,7 +602,7 @@ def markdown(
     for row in rows:
         spread = "n/a" if row["std"] != row["std"] else f"{row['std']:.3f}"
         seeds = " / ".join(f"{value:.2f}" for value in row["per_seed"])
-        variant = MODEL_OF.get(row["method"], "full" if row["method"].startswith("DreamGym-S2R") else None)
+        variant = variant_of(row["method"])
         audit = audits.get(variant) if variant else None
         fidelity, gaps = "-", "-"
         if audit is not None:
@@ -575,6 +616,8 @@ def markdown(
             f"{_cell(row['synthetic_transitions'])} | {_cell(row['optimizer_steps'])} | {_cell(row['seconds'])} | "
             f"{variant or '-'} | {fidelity} | {gaps} | {answered} |"
         )
+    if fit_spread:
+        lines += ["", fit_spread]
     lines += [
         "",
         "Experience models, audited on held-out real trajectories (validation tasks, noisy expert; teacher-forced) "
@@ -636,6 +679,13 @@ def main() -> None:
         help="methods to run (default all; initial and real always run: the others build on them)",
     )
     parser.add_argument("--sweeps", action="store_true", help="also the retrieval-k / history / lambda sweeps")
+    parser.add_argument(
+        "--fit-seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="further fit seeds of the full experience model; DreamGym is trained with each on every training seed",
+    )
     parser.add_argument("--output", type=Path, default=None, help="run directories (default runs/bench-learning-NAME)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and plot go")
     parser.add_argument("--no-progress", action="store_true")
@@ -668,12 +718,17 @@ def main() -> None:
     methods = tuple(method for method in METHODS if method in args.methods or method in ("initial", "real"))
     if args.sweeps and "dreamgym" not in methods:
         sys.exit("--sweeps trains DreamGym variants: keep dreamgym in --methods")
+    fit_seeds = tuple(dict.fromkeys(seed for seed in args.fit_seeds if seed != config.seed))
+    if fit_seeds and "dreamgym" not in methods:
+        sys.exit("--fit-seeds trains DreamGym with further fits: keep dreamgym in --methods")
     if "s2r" in methods and "dreamgym" not in methods:
         sys.exit("--methods s2r needs dreamgym (its real phase starts from DreamGym's policy)")
     ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
     if "dreamgym" not in methods:
         ablation_seeds = []
     fits = {"full": bench.expmodel("full", config.expmodel)} if "dreamgym" in methods else {}
+    for fit_seed in fit_seeds:
+        fits[fit_variant(fit_seed)] = bench.expmodel(fit_variant(fit_seed), config.expmodel, seed=fit_seed)
     if "levers" in methods:
         fits["levers"] = bench.expmodel("levers", levers_expmodel(config))
     if ablation_seeds or args.sweeps:
@@ -681,7 +736,7 @@ def main() -> None:
         fits["no-reasoning"] = bench.expmodel("no-reasoning", config.expmodel.model_copy(update={"reasoning": False}))
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
-        run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds, methods=methods)
+        run_seed(bench, seed, fits, results, ablations=seed in ablation_seeds, methods=methods, fit_seeds=fit_seeds)
     sweeps = run_sweeps(bench, args.seeds[0]) if args.sweeps else []
     rows = summarise(results)
     table = markdown(config, name, rows, bench.audits, sweeps, ablation_seeds, bench.offline)
@@ -693,6 +748,7 @@ def main() -> None:
         "config": config.model_dump(mode="json"),
         "seeds": args.seeds,
         "ablation_seeds": ablation_seeds,
+        "fit_seeds": [config.seed, *fit_seeds],
         "rows": rows,
         "per_seed": results,
         "expmodels": bench.audits,
