@@ -125,9 +125,13 @@ POLICIES = ("random", "expert", "noisy-expert")
 """The policies of the audits' policy-level fidelity, in the tables' order."""
 
 
-def fidelity_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+def fidelity_summary(metrics: dict[str, Any], report: Path | None = None) -> dict[str, Any]:
     """What the tables show of one ``dg expmodel audit``'s metrics: teacher-forced errors, the positive class,
-    determined next states, and each policy's success gap real - synthetic (mean and 95% interval)."""
+    determined next states, and each policy's success gap real - synthetic (mean and 95% interval); the
+    hallucinated-entity rate comes from the audit's full report (``report``, its ``audit.json``) where given."""
+    hallucination = None
+    if report is not None and report.exists():
+        hallucination = json.loads(report.read_text())["full"]["teacher_forced"].get("hallucination_rate")
     determined = metrics["next_state_fields"]["determined"]
     success = metrics["success"]
     gaps: dict[str, Any] = {}
@@ -146,6 +150,7 @@ def fidelity_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "eps_R": metrics["eps_R"],
         "eps_P": metrics["eps_P"],
         "parse_failure_rate": metrics["parse_failure_rate"],
+        "hallucination_rate": hallucination,
         # no win predicted: precision undefined (the audit's convention says 1.0), shown as "-"
         "success_precision": success["precision"] if success["true_positive"] + success["false_positive"] else None,
         "success_recall": success["recall"],
@@ -222,7 +227,7 @@ class Benchmark:
         metrics = self.stage(
             f"audit-{variant}", "expmodel audit", audit, lambda c, r: run_audit(c, r, progress=self.progress)
         )
-        self.audits[variant] = fidelity_summary(metrics)
+        self.audits[variant] = fidelity_summary(metrics, self.root.path / f"audit-{variant}" / "audit.json")
         if config.audit_train_episodes:
             train_audit = audit.model_copy(
                 update={
@@ -237,7 +242,8 @@ class Benchmark:
                 train_audit,
                 lambda c, r: run_audit(c, r, progress=self.progress),
             )
-            self.audits[variant]["train_tasks"] = fidelity_summary(metrics)
+            report = self.root.path / f"audit-train-{variant}" / "audit.json"
+            self.audits[variant]["train_tasks"] = fidelity_summary(metrics, report)
         self.fits[variant] = folder
         self.models[variant] = (expmodel, seed, folder)
         return folder
@@ -623,12 +629,12 @@ def markdown(
         "Experience models, audited on held-out real trajectories (validation tasks, noisy expert; teacher-forced) "
         "and, for the policy gaps, by playing each policy from the same tasks and initial states in the real and the "
         "synthetic env (gap = real - synthetic success; targets: |gap| <= 0.05, success P / R >= 0.9, done accuracy "
-        ">= 0.98, determined F1 >= 0.95 / exact >= 0.8, parse failures < 1%). The training-task rows audit fresh "
-        "noisy-expert episodes of the tasks synthetic training plays.",
+        ">= 0.98, determined F1 >= 0.95 / exact >= 0.8, parse failures < 1%, hallucinated entities < 10% of steps). "
+        "The training-task rows audit fresh noisy-expert episodes of the tasks synthetic training plays.",
         "",
         "| variant | tasks | episodes | eps_R | eps_P | success P / R | done accuracy | determined F1 / exact "
-        "(steps) | parse failures | success gap random / expert / noisy-expert |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(steps) | parse failures | hallucinated entities | success gap random / expert / noisy-expert |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant, audit in audits.items():
         for label, summary in (("held-out", audit), ("train", audit.get("train_tasks"))):
@@ -639,7 +645,7 @@ def markdown(
                 f"| {variant} | {label} | {summary['episodes']} | {summary['eps_R']:.3f} | {summary['eps_P']:.3f} | "
                 f"{_pr(summary['success_precision'], summary['success_recall'])} | {summary['done_accuracy']:.3f} | "
                 f"{summary['determined_f1']:.3f} / {summary['determined_exact']:.3f} ({summary['determined_steps']}) | "
-                f"{summary['parse_failure_rate']:.1%} | {gaps} |"
+                f"{summary['parse_failure_rate']:.1%} | {_cell(summary.get('hallucination_rate'), '.1%')} | {gaps} |"
             )
     if sweeps:
         lines += ["", "Sweeps (first seed, DreamGym synthetic-only training):", ""]
