@@ -364,6 +364,21 @@ def variant_of(method: str) -> str | None:
     return MODEL_OF.get(method, "full" if method.startswith("DreamGym-S2R") else None)
 
 
+def synthetic_method(
+    bench: Benchmark,
+    results: dict[str, list[dict[str, Any]]],
+    method: str,
+    name: str,
+    seed: int,
+    fit: Path,
+    **update: Any,
+) -> dict[str, Any]:
+    """Train a policy in the synthetic env of ``fit`` (stage ``name``), evaluate it, record it as ``method``."""
+    train = bench.synthetic(name, seed, fit, **update)
+    record(results, method, seed, bench.evaluate(name, str(bench.root.path / name / "policy"), seed), train)
+    return train
+
+
 def run_seed(
     bench: Benchmark,
     seed: int,
@@ -398,26 +413,15 @@ def run_seed(
         policy = str(bench.root.path / f"real-budget-{tag}" / "policy")
         record(results, EQUAL_BUDGET, seed, bench.evaluate(f"real-budget-{tag}", policy, seed), equal)
     if "levers" in methods:
-        train = bench.synthetic(f"levers-{tag}", seed, fits["levers"])
-        policy = str(bench.root.path / f"levers-{tag}" / "policy")
-        record(results, LEVERS, seed, bench.evaluate(f"levers-{tag}", policy, seed), train)
+        synthetic_method(bench, results, LEVERS, f"levers-{tag}", seed, fits["levers"])
     if "dreamgym" not in methods:
         return
 
-    dreamgym = bench.synthetic(f"dreamgym-{tag}", seed, fits["full"])
+    dreamgym = synthetic_method(bench, results, "DreamGym (synthetic only)", f"dreamgym-{tag}", seed, fits["full"])
     folder = bench.root.path / f"dreamgym-{tag}"
-    record(
-        results,
-        "DreamGym (synthetic only)",
-        seed,
-        bench.evaluate(f"dreamgym-{tag}", str(folder / "policy"), seed),
-        dreamgym,
-    )
     for fit_seed in fit_seeds:
-        name = f"dreamgym-f{fit_seed}-{tag}"
-        train = bench.synthetic(name, seed, fits[fit_variant(fit_seed)])
-        policy = str(bench.root.path / name / "policy")
-        record(results, f"{FIT_SEED}{fit_seed}", seed, bench.evaluate(name, policy, seed), train)
+        fit = fits[fit_variant(fit_seed)]
+        synthetic_method(bench, results, f"{FIT_SEED}{fit_seed}", f"dreamgym-f{fit_seed}-{tag}", seed, fit)
 
     if "s2r" not in methods:
         return
@@ -451,9 +455,7 @@ def run_seed(
         ("ablation: no reasoning", "no-reasoning", fits["no-reasoning"], {}),
         ("ablation: no curriculum", "no-curriculum", fits["full"], {"curriculum": no_curriculum}),
     ):
-        train = bench.synthetic(f"{name}-{tag}", seed, fit, **update)
-        policy = str(bench.root.path / f"{name}-{tag}" / "policy")
-        record(results, method, seed, bench.evaluate(f"{name}-{tag}", policy, seed), train)
+        synthetic_method(bench, results, method, f"{name}-{tag}", seed, fit, **update)
 
 
 def run_sweeps(bench: Benchmark, seed: int) -> list[dict[str, Any]]:
