@@ -94,7 +94,8 @@ class ReplayBuffer:
         sampler: How :meth:`sample` picks; uniform if omitted.
         eviction: Which synthetic transitions to drop; :class:`KeepAll` if omitted.
         seed: Seed of the generator the sampler and eviction policy draw from.
-        exact_search_limit: Filters matching at most this many rows use exact search.
+        exact_search_limit: Filters matching at most this many rows, and buffers of at most this many rows,
+            use exact search.
         snapshot: The manifest ``index`` was loaded from (its watermarks say what it already holds).
         """
         self.encoder = encoder

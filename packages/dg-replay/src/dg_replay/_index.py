@@ -157,14 +157,15 @@ class USearchIndex:
             self._index.remove(present)
         return len(present)
 
-    def search(self, queries: Any, k: int, *, threads: int = 0) -> SearchResult:
-        """Approximate top-``k`` by cosine similarity for each row of ``queries``."""
+    def search(self, queries: Any, k: int, *, threads: int = 0, exact: bool = False) -> SearchResult:
+        """Top-``k`` by cosine similarity for each row of ``queries``: approximate (the graph), or by
+        comparing with every stored vector when ``exact``."""
         matrix = as_matrix(queries, self.config.dim, "queries")
         keys = np.full((len(matrix), k), -1, dtype=np.int64)
         scores = np.full((len(matrix), k), -np.inf, dtype=np.float32)
         if len(self) == 0 or k <= 0 or len(matrix) == 0:
             return SearchResult(keys, scores)
-        matches = self._index.search(matrix, k, threads=threads)
+        matches = self._index.search(matrix, k, threads=threads, exact=exact)
         found_keys = np.asarray(matches.keys).reshape(len(matrix), -1)
         distances = np.asarray(matches.distances, dtype=np.float32).reshape(len(matrix), -1)
         # A single query comes back as ``Matches`` (no ``counts``), a batch as ``BatchMatches``.

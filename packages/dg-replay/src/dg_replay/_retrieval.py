@@ -78,7 +78,8 @@ def search_keys(
         trust_index: Whether every index key is known to be in storage (a writer's own buffer), which
             skips the storage screen for unfiltered queries.
         exact_limit: Filters matching at most this many rows are answered by exact search over the
-            embeddings kept in storage.
+            embeddings kept in storage; an index of at most this many rows is searched exhaustively (the
+            graph search can miss even an identical vector in a small graph).
     """
     total = len(index) + len(tail)
     if total == 0 or k <= 0 or len(queries) == 0:
@@ -95,7 +96,7 @@ def search_keys(
     pending = np.arange(len(queries))
     while len(pending):
         fetch = min(max(fetch, k), total)
-        candidates = _candidates(queries[pending], fetch, index, tail)
+        candidates = _candidates(queries[pending], fetch, index, tail, exact=len(index) <= exact_limit)
         valid: set[int] | None = None
         if screen:
             valid = storage.matching(sorted({key for hits in candidates for key, _ in hits}), filters)
@@ -116,8 +117,10 @@ def search_keys(
     return results
 
 
-def _candidates(queries: NDArray[np.float32], fetch: int, index: USearchIndex, tail: Tail) -> list[Hits]:
-    found = index.search(queries, min(fetch, len(index))) if len(index) else None
+def _candidates(
+    queries: NDArray[np.float32], fetch: int, index: USearchIndex, tail: Tail, *, exact: bool
+) -> list[Hits]:
+    found = index.search(queries, min(fetch, len(index)), exact=exact) if len(index) else None
     tail_hits = exact_top_k(queries, tail.keys, tail.vectors, fetch) if len(tail) else None
     out: list[Hits] = []
     for row in range(len(queries)):
