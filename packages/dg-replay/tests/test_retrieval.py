@@ -128,6 +128,18 @@ def test_queries_by_task_state_action_find_the_stored_step(build: int) -> None:
     assert [query_hits[0].score for query_hits in hits] == pytest.approx([1.0] * len(steps), abs=1e-3)
 
 
+def test_exhaustive_search_of_a_small_buffer_skips_removed_rows() -> None:
+    buffer = ReplayBuffer(encoder=HashingEncoder(64))
+    task = make_task()
+    steps = make_steps(30)
+    keys = [key for key in buffer.add(steps, "real", task=task).keys if key is not None]
+    buffer.remove(keys[:10])
+    hits = buffer.retrieve([RetrievalQuery(task, steps[3].state, steps[3].action)], k=10)[0]
+    assert len(hits) == 10
+    assert not {hit.key for hit in hits} & set(keys[:10])
+    assert hits[0].score < 0.999  # the query's own step was removed
+
+
 def test_bad_queries_and_filters_are_refused_clearly() -> None:
     buffer = ReplayBuffer(encoder=HashingEncoder(DIM))
     with pytest.raises(ConfigError, match="'colour'"):
