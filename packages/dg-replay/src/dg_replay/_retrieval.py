@@ -92,11 +92,12 @@ def search_keys(
             return exact_top_k(queries, *storage.embeddings(filters), k)
         fetch = math.ceil(k * 1.5 * total / matching)
     screen = filters is not None or not trust_index
+    exhaustive = len(index) <= exact_limit
     results: list[Hits] = [[] for _ in range(len(queries))]
     pending = np.arange(len(queries))
     while len(pending):
         fetch = min(max(fetch, k), total)
-        candidates = _candidates(queries[pending], fetch, index, tail, exact=len(index) <= exact_limit)
+        candidates = _candidates(queries[pending], fetch, index, tail, exact=exhaustive)
         valid: set[int] | None = None
         if screen:
             valid = storage.matching(sorted({key for hits in candidates for key, _ in hits}), filters)
